@@ -1,0 +1,1 @@
+"""Actors. ``rollout``: on-device (Anakin) rollouts scanned inside the compiled step."""

@@ -1,0 +1,1 @@
+"""Agents: each has a validated config and a learner with one compiled update step."""

@@ -1,0 +1,104 @@
+"""Action distributions as pure functions over their parameters.
+
+``Categorical`` takes logits ``[..., A]``; ``DiagGaussian`` takes a
+``(mean, log_std)`` pair, each ``[..., A]``. Log-probabilities and entropies are
+in nats, float32, with the trailing action axis reduced.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+_LOG_2PI = jnp.log(2.0 * jnp.pi)
+
+
+class GaussianParams(NamedTuple):
+    mean: jax.Array
+    log_std: jax.Array
+
+
+class Categorical:
+    """Categorical distribution over ``A`` discrete actions, from logits ``[..., A]``."""
+
+    discrete = True
+
+    @staticmethod
+    def sample(key: jax.Array, logits: jax.Array) -> jax.Array:
+        """Samples int32 actions ``[...]``; ``key`` may be one key or ``[...]`` keys."""
+        if key.ndim > 0 and key.shape[: logits.ndim - 1] == logits.shape[:-1]:
+            return jax.vmap(Categorical.sample)(key, logits)
+        return jax.random.categorical(key, logits).astype(jnp.int32)
+
+    @staticmethod
+    def mode(logits: jax.Array) -> jax.Array:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    @staticmethod
+    def log_prob(logits: jax.Array, action: jax.Array) -> jax.Array:
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        return jnp.take_along_axis(log_p, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+    @staticmethod
+    def entropy(logits: jax.Array) -> jax.Array:
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+    @staticmethod
+    def kl(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+        """KL[p || q], exact."""
+        log_p = jax.nn.log_softmax(p_logits, axis=-1)
+        log_q = jax.nn.log_softmax(q_logits, axis=-1)
+        return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+class DiagGaussian:
+    """Diagonal Gaussian over ``A``-dim continuous actions, params ``(mean, log_std)``."""
+
+    discrete = False
+
+    @staticmethod
+    def sample(key: jax.Array, params: GaussianParams) -> jax.Array:
+        if key.ndim > 0 and key.shape[: params.mean.ndim - 1] == params.mean.shape[:-1]:
+            return jax.vmap(DiagGaussian.sample)(key, params)
+        noise = jax.random.normal(key, params.mean.shape, params.mean.dtype)
+        return params.mean + jnp.exp(params.log_std) * noise
+
+    @staticmethod
+    def mode(params: GaussianParams) -> jax.Array:
+        return params.mean
+
+    @staticmethod
+    def log_prob(params: GaussianParams, action: jax.Array) -> jax.Array:
+        z = (action - params.mean) * jnp.exp(-params.log_std)
+        return jnp.sum(-0.5 * z**2 - params.log_std - 0.5 * _LOG_2PI, axis=-1)
+
+    @staticmethod
+    def entropy(params: GaussianParams) -> jax.Array:
+        return jnp.sum(params.log_std + 0.5 * (1.0 + _LOG_2PI), axis=-1) * jnp.ones(
+            params.mean.shape[:-1]
+        )
+
+    @staticmethod
+    def kl(p: GaussianParams, q: GaussianParams) -> jax.Array:
+        """KL[p || q], exact."""
+        var_p = jnp.exp(2.0 * p.log_std)
+        var_q = jnp.exp(2.0 * q.log_std)
+        return jnp.sum(
+            q.log_std - p.log_std + (var_p + (p.mean - q.mean) ** 2) / (2.0 * var_q) - 0.5,
+            axis=-1,
+        )
+
+
+def for_action_space(space: Any) -> type[Categorical] | type[DiagGaussian]:
+    """Returns the distribution class for a gymnax action space.
+
+    Raises:
+      TypeError: the space is neither ``Discrete`` nor ``Box``.
+    """
+    name = type(space).__name__
+    if name == "Discrete":
+        return Categorical
+    if name == "Box":
+        return DiagGaussian
+    raise TypeError(f"unsupported action space {name}")

@@ -1,0 +1,1 @@
+"""Environment adapters. ``gymnax_env``: on-device batched gymnax environments."""

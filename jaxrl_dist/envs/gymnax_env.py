@@ -1,0 +1,117 @@
+"""A thin batched adapter over gymnax 1.0 environments, run on device.
+
+gymnax 1.0 ``step`` returns ``(obs, state, reward, terminated, truncated, info)``
+and auto-resets; ``info["final_observation"]`` is the observation *before* the
+reset. This adapter keeps both flags separate so that learners bootstrap on
+truncation (time limit) and not on termination, and tracks episode statistics
+on device so that no per-step info has to leave the device.
+"""
+
+from typing import Any, NamedTuple
+
+import gymnax
+import jax
+import jax.numpy as jnp
+
+from jaxrl_dist import errors
+
+
+class EpisodeStats(NamedTuple):
+    """Running statistics of the episode in progress, per env: ``[B]``."""
+
+    returns: jax.Array  # float32, undiscounted return so far
+    lengths: jax.Array  # int32, steps so far
+
+
+class EnvState(NamedTuple):
+    """Batched environment state; every leaf has leading axis ``B``."""
+
+    env_state: Any
+    obs: jax.Array  # [B, *obs_shape], the observation to act on
+    episode: EpisodeStats
+
+
+class TimeStep(NamedTuple):
+    """What one batched step returns; every field has leading axis ``B``.
+
+    ``terminated`` and ``truncated`` are exclusive: an episode that terminates on
+    its last allowed step counts as terminated (no bootstrap).
+    ``episode_return``/``episode_length`` hold the finished episode's totals where
+    ``terminated | truncated`` and 0 elsewhere.
+    """
+
+    obs: jax.Array  # after auto-reset
+    reward: jax.Array  # float32
+    terminated: jax.Array  # bool
+    truncated: jax.Array  # bool
+    next_obs: jax.Array  # before auto-reset (gymnax final_observation)
+    episode_return: jax.Array  # float32
+    episode_length: jax.Array  # int32
+
+
+def registered_envs() -> list[str]:
+    return list(gymnax.registered_envs)
+
+
+class GymnaxEnv:
+    """``num_envs`` copies of a gymnax environment, reset and stepped with ``vmap``.
+
+    Args:
+      env_id: a gymnax id, e.g. ``"CartPole-v1"`` (see ``gymnax.registered_envs``).
+      num_envs: batch size ``B`` (> 0).
+      env_params: optional gymnax ``EnvParams`` override (e.g. a shorter
+        ``max_steps_in_episode``).
+
+    Raises:
+      ConfigError: unknown ``env_id``.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, env_params: Any = None):
+        if env_id not in gymnax.registered_envs:
+            raise errors.ConfigError(
+                f"--env must be a gymnax id ({', '.join(gymnax.registered_envs)}), got {env_id!r}"
+            )
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.env, default_params = gymnax.make(env_id)
+        self.params = default_params if env_params is None else env_params
+        self.action_space = self.env.action_space(self.params)
+        self.observation_space = self.env.observation_space(self.params)
+        self.obs_shape = tuple(self.observation_space.shape)
+        self.discrete = type(self.action_space).__name__ == "Discrete"
+        self.action_dim = (
+            int(self.action_space.n) if self.discrete else int(self.action_space.shape[-1])
+        )
+        self.max_episode_steps = int(self.params.max_steps_in_episode)
+
+    def reset(self, keys: jax.Array) -> EnvState:
+        """Resets ``B`` envs; ``keys`` is ``[B]`` typed PRNG keys."""
+        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.params)
+        b = obs.shape[0]
+        stats = EpisodeStats(jnp.zeros((b,), jnp.float32), jnp.zeros((b,), jnp.int32))
+        return EnvState(env_state, obs, stats)
+
+    def step(self, state: EnvState, action: jax.Array, keys: jax.Array) -> tuple[EnvState, TimeStep]:
+        """Steps ``B`` envs with ``action`` ``[B]`` (int) or ``[B, A]`` (float, clipped to bounds)."""
+        if not self.discrete:
+            action = jnp.clip(action, self.action_space.low, self.action_space.high)
+        obs, env_state, reward, terminated, truncated, info = jax.vmap(
+            self.env.step, in_axes=(0, 0, 0, None)
+        )(keys, state.env_state, action, self.params)
+        terminated = terminated.astype(bool)
+        truncated = jnp.logical_and(truncated.astype(bool), ~terminated)
+        done = terminated | truncated
+        reward = reward.astype(jnp.float32)
+        returns = state.episode.returns + reward
+        lengths = state.episode.lengths + 1
+        timestep = TimeStep(
+            obs=obs,
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            next_obs=info["final_observation"],
+            episode_return=jnp.where(done, returns, 0.0),
+            episode_length=jnp.where(done, lengths, 0),
+        )
+        stats = EpisodeStats(jnp.where(done, 0.0, returns), jnp.where(done, 0, lengths))
+        return EnvState(env_state, obs, stats), timestep

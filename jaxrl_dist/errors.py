@@ -1,0 +1,10 @@
+"""Errors raised for bad user input."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed.
+
+    The message is one line that names the flag/argument and what is allowed,
+    e.g. ``--lr must be > 0, got -1.0``. Entry points print it and exit with
+    code 2 before anything is compiled.
+    """

@@ -1,0 +1,73 @@
+"""Flax networks: an MLP torso with policy and value heads.
+
+The policy and the value function are separate MLPs (as in PPO's reference
+implementation and PureJaxRL), so acting only evaluates the policy network and
+the values of a whole rollout are computed in one batched call afterwards.
+Observations of any shape are flattened to ``[..., prod(obs_shape)]``.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_dist import distributions
+
+_ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+class MLP(nn.Module):
+    """Dense layers with orthogonal(sqrt 2) init and a final linear layer."""
+
+    hidden_sizes: Sequence[int]
+    out_size: int
+    activation: str = "tanh"
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = _ACTIVATIONS[self.activation]
+        for size in self.hidden_sizes:
+            x = nn.Dense(size, kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)))(x)
+            x = act(x)
+        return nn.Dense(self.out_size, kernel_init=nn.initializers.orthogonal(self.out_scale))(x)
+
+
+class PolicyNetwork(nn.Module):
+    """Maps observations ``[..., *obs_shape]`` to distribution parameters.
+
+    Discrete: logits ``[..., A]``. Continuous: ``GaussianParams(mean, log_std)``
+    with a state-independent learned ``log_std`` (initialised at 0).
+    """
+
+    hidden_sizes: Sequence[int]
+    action_dim: int
+    discrete: bool
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> Any:
+        x = obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,)).astype(jnp.float32)
+        out = MLP(self.hidden_sizes, self.action_dim, self.activation, out_scale=0.01)(x)
+        if self.discrete:
+            return out
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        return distributions.GaussianParams(out, jnp.broadcast_to(log_std, out.shape))
+
+    obs_ndim: int = 1
+
+
+class ValueNetwork(nn.Module):
+    """Maps observations ``[..., *obs_shape]`` to state values ``[...]`` (float32)."""
+
+    hidden_sizes: Sequence[int]
+    activation: str = "tanh"
+    obs_ndim: int = 1
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,)).astype(jnp.float32)
+        return MLP(self.hidden_sizes, 1, self.activation, out_scale=1.0)(x)[..., 0]

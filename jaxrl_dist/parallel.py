@@ -1,0 +1,55 @@
+"""Device meshes and data parallelism: the only module that knows about meshes.
+
+Data parallelism over one mesh axis, ``"data"``: environments (and therefore
+trajectories) are split across devices, parameters and optimizer state are
+replicated, and gradients are averaged with ``lax.pmean`` inside
+``jax.shard_map``.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxrl_dist import errors
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh ``("data",)`` over the first ``num_devices`` devices (default: all).
+
+    Raises:
+      ConfigError: ``num_devices`` is not in ``1..jax.device_count()``.
+    """
+    devices = jax.devices()
+    if num_devices is None:
+        num_devices = len(devices)
+    if not 1 <= num_devices <= len(devices):
+        raise errors.ConfigError(
+            f"--num_devices must be in 1..{len(devices)} (devices available), got {num_devices}"
+        )
+    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_map(fn, mesh: Mesh, in_specs, out_specs):
+    """``jax.shard_map`` over ``mesh``."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+
+def axis_index() -> jax.Array:
+    """Index of this device along the data axis (inside ``shard_map``)."""
+    return jax.lax.axis_index(DATA_AXIS)
+
+
+def pmean(tree):
+    """Mean over the data axis (inside ``shard_map``)."""
+    return jax.lax.pmean(tree, DATA_AXIS)
+
+
+def psum(tree):
+    """Sum over the data axis (inside ``shard_map``)."""
+    return jax.lax.psum(tree, DATA_AXIS)
