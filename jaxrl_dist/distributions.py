@@ -1,5 +1,9 @@
 """Action distributions as pure functions over their parameters.
 
+Sampling is split into drawing noise (``noise``, done for a whole rollout in one
+vectorised call before the time loop) and a deterministic transform
+(``sample_from_noise``), so no random-number hashing runs inside ``lax.scan``.
+
 ``Categorical`` takes logits ``[..., A]``; ``DiagGaussian`` takes a
 ``(mean, log_std)`` pair, each ``[..., A]``. Log-probabilities and entropies are
 in nats, float32, with the trailing action axis reduced.
@@ -24,11 +28,14 @@ class Categorical:
     discrete = True
 
     @staticmethod
-    def sample(key: jax.Array, logits: jax.Array) -> jax.Array:
-        """Samples int32 actions ``[...]``; ``key`` may be one key or ``[...]`` keys."""
-        if key.ndim > 0 and key.shape[: logits.ndim - 1] == logits.shape[:-1]:
-            return jax.vmap(Categorical.sample)(key, logits)
-        return jax.random.categorical(key, logits).astype(jnp.int32)
+    def noise(key: jax.Array, shape: tuple[int, ...], action_dim: int) -> jax.Array:
+        """Standard Gumbel noise ``[*shape, A]`` for :meth:`sample_from_noise`."""
+        return jax.random.gumbel(key, shape + (action_dim,), jnp.float32)
+
+    @staticmethod
+    def sample_from_noise(logits: jax.Array, noise: jax.Array) -> jax.Array:
+        """Gumbel-max sampling: ``argmax(logits + noise)`` is a draw from softmax(logits)."""
+        return jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
 
     @staticmethod
     def mode(logits: jax.Array) -> jax.Array:
@@ -58,10 +65,13 @@ class DiagGaussian:
     discrete = False
 
     @staticmethod
-    def sample(key: jax.Array, params: GaussianParams) -> jax.Array:
-        if key.ndim > 0 and key.shape[: params.mean.ndim - 1] == params.mean.shape[:-1]:
-            return jax.vmap(DiagGaussian.sample)(key, params)
-        noise = jax.random.normal(key, params.mean.shape, params.mean.dtype)
+    def noise(key: jax.Array, shape: tuple[int, ...], action_dim: int) -> jax.Array:
+        """Standard normal noise ``[*shape, A]`` for :meth:`sample_from_noise`."""
+        return jax.random.normal(key, shape + (action_dim,), jnp.float32)
+
+    @staticmethod
+    def sample_from_noise(params: GaussianParams, noise: jax.Array) -> jax.Array:
+        """``mean + std * noise``."""
         return params.mean + jnp.exp(params.log_std) * noise
 
     @staticmethod

@@ -2,6 +2,9 @@
 
 Randomness is derived per *global* environment index (``fold_in``), so a run
 produces the same trajectories whether its environments live on 1 or 4 devices.
+All of a rollout's random numbers are drawn in one vectorised call before the
+time loop: on CPU, threefry hashing inside a scan body costs a rolled loop per
+step.
 """
 
 from collections.abc import Callable
@@ -22,20 +25,19 @@ class EpisodeSums(NamedTuple):
     count: jax.Array  # float32 scalar, number of finished episodes
 
 
-def per_env_keys(key: jax.Array, env_ids: jax.Array, num_steps: int) -> jax.Array:
-    """``[num_steps, B, 2]`` keys (acting, env) from ``key`` and global env ids ``[B]``."""
+class Policy(NamedTuple):
+    """How an actor acts: pure functions of parameters and observations."""
 
-    def for_step(step_key):
-        return jax.vmap(lambda i: jax.random.split(jax.random.fold_in(step_key, i)))(env_ids)
-
-    return jax.vmap(for_step)(jax.random.split(key, num_steps))
+    apply: Callable[[Any, jax.Array], Any]  # (params, obs [B, ...]) -> dist params
+    noise: Callable[[jax.Array, tuple[int, ...], int], jax.Array]  # (key, shape, A) -> noise
+    sample_from_noise: Callable[[Any, jax.Array], jax.Array]  # (dist, noise) -> actions
+    log_prob: Callable[[Any, jax.Array], jax.Array]  # (dist, actions) -> [B]
+    action_dim: int
 
 
 def rollout(
     env: gymnax_env.GymnaxEnv,
-    policy_fn: Callable[[Any, jax.Array], Any],
-    sample_fn: Callable[[jax.Array, Any], jax.Array],
-    log_prob_fn: Callable[[Any, jax.Array], jax.Array],
+    policy: Policy,
     params: Any,
     env_state: gymnax_env.EnvState,
     key: jax.Array,
@@ -46,9 +48,7 @@ def rollout(
 
     Args:
       env: the batched environment.
-      policy_fn: ``(params, obs [B, ...]) -> dist_params``.
-      sample_fn: ``(keys [B], dist_params) -> actions``.
-      log_prob_fn: ``(dist_params, actions) -> [B]`` log-probabilities.
+      policy: the acting functions.
       params: policy parameters.
       env_state: batched ``EnvState`` with leading axis ``B``.
       key: one PRNG key for the rollout (the same on every device).
@@ -58,12 +58,20 @@ def rollout(
     Returns:
       ``(env_state, transition [T, B, ...], episode_sums)``.
     """
-    keys = per_env_keys(key, env_ids, num_steps)
 
-    def step(state, step_keys):
-        dist = policy_fn(params, state.obs)
-        action = sample_fn(step_keys[:, 0], dist)
-        next_state, ts = env.step(state, action, step_keys[:, 1])
+    def per_env(env_id):
+        action_key, step_key, reset_key = jax.random.split(jax.random.fold_in(key, env_id), 3)
+        noise = policy.noise(action_key, (num_steps,), policy.action_dim)
+        return noise, jax.random.split(step_key, num_steps), jax.random.split(reset_key, num_steps)
+
+    noise, step_keys, reset_keys = jax.vmap(per_env, out_axes=1)(env_ids)  # [T, B, ...]
+    resets = env.reset_pool(reset_keys)
+
+    def step(state, xs):
+        step_noise, keys, reset = xs
+        dist = policy.apply(params, state.obs)
+        action = policy.sample_from_noise(dist, step_noise)
+        next_state, ts = env.step(state, action, keys, reset)
         transition = types.Transition(
             obs=state.obs,
             action=action,
@@ -71,12 +79,12 @@ def rollout(
             terminated=ts.terminated,
             truncated=ts.truncated,
             next_obs=ts.next_obs,
-            behaviour_log_prob=log_prob_fn(dist, action),
+            behaviour_log_prob=policy.log_prob(dist, action),
             behaviour_dist=dist,
         )
         done = (ts.terminated | ts.truncated).astype(jnp.float32)
         sums = (ts.episode_return.sum(), ts.episode_length.sum().astype(jnp.float32), done.sum())
         return next_state, (transition, sums)
 
-    env_state, (transition, sums) = jax.lax.scan(step, env_state, keys)
+    env_state, (transition, sums) = jax.lax.scan(step, env_state, (noise, step_keys, resets))
     return env_state, transition, EpisodeSums(*(s.sum() for s in sums))

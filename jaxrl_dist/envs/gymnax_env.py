@@ -91,16 +91,53 @@ class GymnaxEnv:
         stats = EpisodeStats(jnp.zeros((b,), jnp.float32), jnp.zeros((b,), jnp.int32))
         return EnvState(env_state, obs, stats)
 
-    def step(self, state: EnvState, action: jax.Array, keys: jax.Array) -> tuple[EnvState, TimeStep]:
-        """Steps ``B`` envs with ``action`` ``[B]`` (int) or ``[B, A]`` (float, clipped to bounds)."""
+    def reset_pool(self, keys: jax.Array) -> tuple[jax.Array, Any]:
+        """Fresh ``(obs, env_state)`` for every key (any batch shape), for :meth:`step`.
+
+        Resets do not depend on the trajectory, so a rollout draws all of them in
+        one vectorised call before its time loop instead of hashing a key inside
+        every step (gymnax's ``step`` computes a reset every step anyway).
+        """
+        flat = keys.reshape(-1)
+        obs, env_state = jax.vmap(self.env.reset_env, in_axes=(0, None))(flat, self.params)
+        return jax.tree.map(lambda x: x.reshape(keys.shape + x.shape[1:]), (obs, env_state))
+
+    def step(
+        self,
+        state: EnvState,
+        action: jax.Array,
+        keys: jax.Array,
+        reset: tuple[jax.Array, Any],
+    ) -> tuple[EnvState, TimeStep]:
+        """Steps ``B`` envs, auto-resetting finished ones, as gymnax 1.0 ``Environment.step``.
+
+        Args:
+          state: batched ``EnvState``.
+          action: ``[B]`` int32 (discrete) or ``[B, A]`` float32 (clipped to the bounds).
+          keys: ``[B]`` typed keys for the transition.
+          reset: ``(obs [B, ...], env_state)`` from :meth:`reset_pool`, used where an
+            episode ends.
+
+        Returns:
+          ``(next_state, timestep)``.
+        """
         if not self.discrete:
             action = jnp.clip(action, self.action_space.low, self.action_space.high)
-        obs, env_state, reward, terminated, truncated, info = jax.vmap(
-            self.env.step, in_axes=(0, 0, 0, None)
+        next_obs, env_state, reward, terminated, _ = jax.vmap(
+            self.env.step_env, in_axes=(0, 0, 0, None)
         )(keys, state.env_state, action, self.params)
+        truncated = jax.vmap(self.env.is_truncated, in_axes=(0, None))(env_state, self.params)
         terminated = terminated.astype(bool)
         truncated = jnp.logical_and(truncated.astype(bool), ~terminated)
         done = terminated | truncated
+        reset_obs, reset_state = reset
+
+        def select(reset_leaf, step_leaf):
+            mask = done.reshape(done.shape + (1,) * (step_leaf.ndim - 1))
+            return jnp.where(mask, reset_leaf, step_leaf)
+
+        obs = select(reset_obs, next_obs)
+        env_state = jax.tree.map(select, reset_state, env_state)
         reward = reward.astype(jnp.float32)
         returns = state.episode.returns + reward
         lengths = state.episode.lengths + 1
@@ -109,7 +146,7 @@ class GymnaxEnv:
             reward=reward,
             terminated=terminated,
             truncated=truncated,
-            next_obs=info["final_observation"],
+            next_obs=next_obs,
             episode_return=jnp.where(done, returns, 0.0),
             episode_length=jnp.where(done, lengths, 0),
         )

@@ -99,6 +99,10 @@ class Learner:
             lambda spec: NamedSharding(mesh, spec), STATE_SPECS,
             is_leaf=lambda x: isinstance(x, P),
         )
+        self.acting = rollout_lib.Policy(
+            self.policy, self.dist.noise, self.dist.sample_from_noise, self.dist.log_prob,
+            self.env.action_dim,
+        )
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
         self.update = self.make_train_chunk(1)
 
@@ -137,16 +141,19 @@ class Learner:
         cfg = self.config
         dist = self.policy(params, batch.obs)
         log_prob = self.dist.log_prob(dist, batch.action)
-        kl = self.dist.kl(batch.behaviour_dist, dist)
+        log_ratio = log_prob - batch.behaviour_log_prob
+        ratio = jnp.exp(log_ratio)
         if cfg.objective == "clip":
             pg_loss, clip_fraction = losses.ppo_clip_loss(
                 log_prob, batch.behaviour_log_prob, advantage, cfg.clip_eps
             )
+            # Unbiased low-variance estimate of KL[π_old || π] (Schulman 2020, "k3").
+            kl = jax.lax.stop_gradient((ratio - 1.0) - log_ratio)
         else:
+            kl = self.dist.kl(batch.behaviour_dist, dist)
             pg_loss = losses.ppo_kl_penalty_loss(
                 log_prob, batch.behaviour_log_prob, advantage, kl, kl_beta
             )
-            ratio = jnp.exp(log_prob - batch.behaviour_log_prob)
             clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > cfg.clip_eps).astype(jnp.float32))
         v_loss = losses.value_loss(
             self.value(params, batch.obs),
@@ -207,8 +214,7 @@ class Learner:
         params = state.params
 
         env_state, traj, episodes = rollout_lib.rollout(
-            self.env, self.policy, self.dist.sample, self.dist.log_prob,
-            params, state.env_state, rollout_key, env_ids, cfg.rollout_len,
+            self.env, self.acting, params, state.env_state, rollout_key, env_ids, cfg.rollout_len,
         )
         # Values of x_t and of the true successors x'_{t+1} in one batched call.
         all_values = self.value(params, jnp.concatenate([traj.obs, traj.next_obs], axis=0))

@@ -1,0 +1,48 @@
+"""Greedy evaluation episodes on device.
+
+Each of ``num_episodes`` fresh environments plays one full episode with the
+policy's mode action (argmax logits / Gaussian mean); the undiscounted return of
+that first episode is recorded. Episodes end by termination or by the env's
+time limit, so ``max_episode_steps`` steps always suffice.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl_dist.envs import gymnax_env
+
+
+def make_evaluator(
+    env: gymnax_env.GymnaxEnv,
+    policy_apply: Callable[[Any, jax.Array], Any],
+    mode_fn: Callable[[Any], jax.Array],
+    num_episodes: int,
+) -> Callable[[Any, jax.Array], jax.Array]:
+    """Returns a jitted ``(params[S], key) -> returns [S, num_episodes]`` (float32).
+
+    ``params`` carry a leading seed axis ``S``; every seed is evaluated on the
+    same ``num_episodes`` initial states drawn from ``key``.
+    """
+
+    def evaluate_one(params, key):
+        reset_key, step_key = jax.random.split(key)
+        state = env.reset(jax.random.split(reset_key, num_episodes))
+        step_keys = jax.random.split(step_key, (env.max_episode_steps, num_episodes))
+
+        def step(carry, keys):
+            state, returns, finished = carry
+            action = mode_fn(policy_apply(params, state.obs))
+            # No auto-reset is needed: only each env's first episode counts.
+            state, ts = env.step(state, action, keys, (state.obs, state.env_state))
+            returns = returns + jnp.where(finished, 0.0, ts.reward)
+            finished = finished | ts.terminated | ts.truncated
+            return (state, returns, finished), None
+
+        init = (state, jnp.zeros(num_episodes, jnp.float32), jnp.zeros(num_episodes, bool))
+        (_, returns, _), _ = jax.lax.scan(step, init, step_keys)
+        return returns
+
+    return jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)))

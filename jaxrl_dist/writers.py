@@ -1,0 +1,83 @@
+"""Host-side outputs: metrics.jsonl, config.json and the learning-curve PNG."""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``<workdir>/metrics.jsonl`` (flushed each write).
+
+    Non-finite floats are written as ``null``.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_config(workdir: str, config: Any, **extra: Any) -> str:
+    """Writes the resolved config (a dataclass) and ``extra`` run settings to config.json."""
+    path = os.path.join(workdir, "config.json")
+    record = dict(dataclasses.asdict(config), **extra)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({k: _jsonable(v) for k, v in record.items()}, f, indent=2, sort_keys=True)
+    return path
+
+
+def plot_learning_curve(
+    workdir: str, env_steps: np.ndarray, returns: np.ndarray, title: str
+) -> str:
+    """Saves ``learning_curve.png``: mean return over seeds against env steps, min-max band.
+
+    Args:
+      env_steps: ``[N]`` env steps (per seed) at each log point.
+      returns: ``[N, S]`` mean training episode return per seed (NaN where no
+        episode finished).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(workdir, "learning_curve.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(returns, axis=1)
+        low, high = np.nanmin(returns, axis=1), np.nanmax(returns, axis=1)
+    ax.plot(env_steps, mean, label=f"mean of {returns.shape[1]} seed(s)")
+    if returns.shape[1] > 1:
+        ax.fill_between(env_steps, low, high, alpha=0.3, label="min-max over seeds")
+    ax.set_xlabel("environment steps (per seed)")
+    ax.set_ylabel("training episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
