@@ -1,0 +1,97 @@
+"""Throughput benchmark: environment steps per second after compilation.
+
+    python experiments/benchmark.py                               # PureJaxRL's CartPole config
+    python experiments/benchmark.py --num_envs=2048 --rollout_len=16
+
+Compiles first (timed as compile_s), then times the training run through the
+same host loop as experiments/train.py. Prints a table and, as its last line,
+one JSON object with sps, compile_s, env_steps, num_devices, backend, ...
+The persistent compilation cache is off unless --compilation_cache is given, so
+compile_s is a cold compile.
+"""
+
+import json
+import platform
+import resource
+import time
+
+from absl import app, flags
+
+from jaxrl_dist import cli, errors
+
+cli.define_agent_flags()
+flags.DEFINE_integer("repeats", 1, "Timed runs; the best sps is reported (each run recompiles).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
+    t0 = time.time()
+    try:
+        config = cli.config_from_flags()
+        cli.check_positive(repeats=FLAGS.repeats)
+    except errors.ConfigError as e:
+        cli.fail(str(e))
+    import jax
+
+    from jaxrl_dist import training
+
+    cli.enable_compilation_cache(FLAGS.compilation_cache, None)
+    settings = training.RunSettings(
+        seed=FLAGS.seed, num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
+        eval_episodes=1, log_points=20, progress_every_s=1e9,
+    )
+    runs = []
+    for _ in range(FLAGS.repeats):
+        t_run = time.time()
+        summary = training.train(config, settings, None, progress=lambda s: None)
+        summary["total_s"] = time.time() - t_run
+        runs.append(summary)
+    best = max(runs, key=lambda r: r["sps"])
+    result = {
+        "agent": FLAGS.agent,
+        "env": config.env,
+        "num_envs": config.num_envs,
+        "rollout_len": config.rollout_len,
+        "num_epochs": config.num_epochs,
+        "num_minibatches": config.num_minibatches,
+        "num_seeds": FLAGS.num_seeds,
+        "env_steps": best["env_steps"] * FLAGS.num_seeds,
+        "sps": round(best["sps"]),
+        "sps_all_repeats": [round(r["sps"]) for r in runs],
+        "compile_s": round(best["compile_s"], 2),
+        "train_s": round(best["train_s"], 2),
+        "run_total_s": round(best["total_s"], 2),
+        "process_s": round(time.time() - t0, 2),
+        "final_train_return": best["history"][-1]["train/episode_return"],
+        "eval_return": best["eval/episode_return"],
+        "num_devices": settings.num_devices or jax.device_count(),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": __import__("os").cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "jax_version": jax.__version__,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    rows = [
+        ("config", f"{config.num_envs} envs x {config.rollout_len} steps, "
+                   f"{config.num_epochs} epochs x {config.num_minibatches} minibatches"),
+        ("env steps", f"{result['env_steps']:,}"),
+        ("env steps/s (after compile)", f"{result['sps']:,}"),
+        ("compile (s)", f"{result['compile_s']}"),
+        ("training (s)", f"{result['train_s']}"),
+        ("compile + training (s)", f"{result['run_total_s']}"),
+        ("devices", f"{result['num_devices']} x {result['backend']}"),
+        ("peak RSS (MB)", f"{result['peak_rss_mb']}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'metric':<{width}} | value")
+    print(f"{'-' * width}-|-{'-' * 40}")
+    for name, value in rows:
+        print(f"{name:<{width}} | {value}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
