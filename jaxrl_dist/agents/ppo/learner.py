@@ -182,7 +182,7 @@ class Learner:
         grads = parallel.pmean(grads)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics["opt/grad_norm"] = optax.global_norm(grads)
+        metrics["opt/grad_norm"] = optax.tree.norm(grads)
         return (params, opt_state, kl_beta), parallel.pmean(metrics)
 
     def _minibatches(self, batch: Batch, key: jax.Array, env_ids: jax.Array) -> Batch:
