@@ -15,7 +15,7 @@ import platform
 import resource
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxrl_dist import cli, errors
 
@@ -37,6 +37,7 @@ def main(argv):
 
     from jaxrl_dist import training
 
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     cli.enable_compilation_cache(FLAGS.compilation_cache, None)
     settings = training.RunSettings(
         seed=FLAGS.seed, num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,

@@ -10,7 +10,7 @@ params), learning_curve.png. Bad input: one line on stderr, exit code 2.
 import os
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxrl_dist import cli, errors
 
@@ -41,6 +41,7 @@ def main(argv):
 
     from jaxrl_dist import training
 
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
     if FLAGS.overwrite and os.path.exists(workdir):
         import shutil

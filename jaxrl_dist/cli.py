@@ -118,7 +118,11 @@ def config_from_flags():
             f"--num_devices must be in 1..{jax.device_count()} (devices available), "
             f"got {num_devices}"
         )
-    return config.validate(num_devices)
+    config.validate(num_devices)
+    from jaxrl_dist import parallel
+
+    parallel.check_seeds_on_cpu_mesh(parallel.make_mesh(num_devices), FLAGS.num_seeds)
+    return config
 
 
 def enable_compilation_cache(directory: str | None, default: str | None) -> None:

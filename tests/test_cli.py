@@ -1,0 +1,116 @@
+"""experiments/train.py and benchmark.py as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "experiments", "train.py")
+BENCHMARK = os.path.join(ROOT, "experiments", "benchmark.py")
+
+
+def run_script(script, *args, devices=1, timeout=600):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=env,
+        timeout=timeout, cwd=ROOT,
+    )
+
+
+BAD_INPUTS = [
+    (["--env=CartPole-v9"], "--env must be a gymnax id"),
+    (["--agent=sac"], "--agent must be one of ppo"),
+    (["--lr=-0.1"], "--lr must be > 0"),
+    (["--lr=0"], "--lr must be > 0"),
+    (["--total_steps=0"], "--total_steps must be > 0"),
+    (["--num_envs=-4"], "--num_envs must be > 0"),
+    (["--num_envs=6", "--num_devices=4"], "--num_envs must be divisible by the number of devices"),
+    (["--rollout_len=3", "--num_minibatches=8"], "--num_minibatches=8 does not divide"),
+    (["--num_devices=9"], "--num_devices must be in 1..4"),
+    (["--num_seeds=2"], "--num_seeds=2 with a mesh over all 4 CPU devices deadlocks"),
+    (["--objective=trpo"], "--objective must be one of clip, kl"),
+    (["--eval_episodes=0"], "--eval_episodes must be > 0"),
+    (["--num_envs=four"], "flag --num_envs=four"),
+    (["--no_such_flag=1"], "no_such_flag"),
+    (["extra"], "unexpected arguments"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    result = run_script(TRAIN, f"--workdir={workdir}", *args, devices=4, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"env_steps": 1}\n')
+    result = run_script(TRAIN, f"--workdir={tmp_path}", timeout=120)
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"env_steps": 1}\n'
+
+
+def test_benchmark_bad_input_exit_2():
+    result = run_script(BENCHMARK, "--num_minibatches=0", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --num_minibatches must be > 0, got 0"
+
+
+def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path):
+    result = run_script(
+        TRAIN, f"--workdir={tmp_path}", "--total_steps=16384", "--num_envs=8",
+        "--rollout_len=64", "--num_seeds=2", "--eval_episodes=4", "--compilation_cache=",
+        "--num_devices=2", devices=4,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "env_steps" in result.stdout and "sps" in result.stdout
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) >= 5
+    for record in lines[:-1]:
+        assert {"env_steps", "wall_s", "sps", "train/episode_return"} <= record.keys()
+        assert record["sps"] > 0
+    steps = [r["env_steps"] for r in lines[:-1]]
+    assert steps == sorted(steps) and steps[-1] == 16384
+    final = lines[-1]
+    assert len(final["params_sha256"]) == 64
+    assert len(final["eval/episode_return_per_seed"]) == 2
+    assert final["eval/episode_return"] > 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["num_envs"] == 8 and config["num_seeds"] == 2
+    assert config["num_devices_used"] == 2
+    assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "checkpoint").is_dir()
+
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    from jaxrl_dist import checkpoint
+
+    params = checkpoint.load_params(str(tmp_path / "checkpoint"))
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    assert digest.hexdigest() == final["params_sha256"]
+
+
+def test_benchmark_prints_table_and_json(tmp_path):
+    result = run_script(BENCHMARK, "--total_steps=8192", "--num_envs=16", "--rollout_len=32")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert any("env steps/s (after compile)" in line for line in lines)
+    summary = json.loads(lines[-1])
+    assert summary["env_steps"] == 8192
+    assert summary["sps"] > 0 and summary["compile_s"] > 0
+    assert summary["num_devices"] == 1 and summary["backend"] == "cpu"

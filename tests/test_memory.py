@@ -1,0 +1,23 @@
+"""Host memory does not grow with the length of a run (metrics are reduced on device)."""
+
+import json
+
+from test_cli import BENCHMARK, run_script
+
+
+def peak_rss_mb(total_steps):
+    result = run_script(
+        BENCHMARK, f"--total_steps={total_steps}", "--num_envs=2048", "--rollout_len=16",
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["env_steps"] >= 0.99 * total_steps - 32768
+    return summary["peak_rss_mb"]
+
+
+def test_ten_million_steps_use_no_more_memory_than_one_hundred_thousand():
+    short = peak_rss_mb(100_000)
+    long = peak_rss_mb(10_000_000)
+    # Same compiled chunk, same buffers: allow only allocator noise.
+    assert long <= short * 1.05 + 20, (short, long)
