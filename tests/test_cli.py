@@ -114,3 +114,15 @@ def test_benchmark_prints_table_and_json(tmp_path):
     assert summary["env_steps"] == 8192
     assert summary["sps"] > 0 and summary["compile_s"] > 0
     assert summary["num_devices"] == 1 and summary["backend"] == "cpu"
+
+
+def test_agent_that_cannot_act_in_the_action_space(monkeypatch):
+    from jaxrl_dist import cli, errors
+
+    monkeypatch.setitem(cli.AGENTS, "discrete_only", ("Discrete",))
+    with pytest.raises(errors.ConfigError) as info:
+        cli.check_env_and_agent("discrete_only", "Pendulum-v1")
+    assert str(info.value) == (
+        "--agent=discrete_only acts in Discrete action spaces; --env=Pendulum-v1 has Box"
+    )
+    cli.check_env_and_agent("discrete_only", "CartPole-v1")  # no error
