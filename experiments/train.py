@@ -18,7 +18,9 @@ cli.define_agent_flags()
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<env>-<agent>-<time>).")
 flags.DEFINE_bool("overwrite", False, "Allow a --workdir that already holds a run.")
 flags.DEFINE_integer("eval_episodes", 32, "Greedy evaluation episodes per seed at the end.")
-flags.DEFINE_integer("log_points", 20, "About this many metrics.jsonl lines during training.")
+flags.DEFINE_integer(
+    "log_points", 20, "At least this many metrics.jsonl lines (chunks must divide the updates)."
+)
 FLAGS = flags.FLAGS
 
 

@@ -27,7 +27,7 @@ class RunSettings:
     num_seeds: int = 1
     num_devices: int | None = None  # None: every local device
     eval_episodes: int = 32
-    log_points: int = 20  # about this many metrics.jsonl lines during training
+    log_points: int = 20  # at least this many metrics.jsonl lines (when there are enough updates)
     progress_every_s: float = 2.0
 
 
