@@ -56,12 +56,11 @@ def check_env_and_agent(agent: str, env_id: str) -> None:
     """Raises ConfigError unless ``agent`` exists and can act in ``env_id``'s spaces."""
     import gymnax
 
+    from jaxrl_dist.envs import gymnax_env
+
     if agent not in AGENTS:
         raise errors.ConfigError(f"--agent must be one of {', '.join(AGENTS)}, got {agent!r}")
-    if env_id not in gymnax.registered_envs:
-        raise errors.ConfigError(
-            f"--env must be a gymnax id ({', '.join(gymnax.registered_envs)}), got {env_id!r}"
-        )
+    gymnax_env.check_env_id(env_id)
     try:
         env, params = gymnax.make(env_id)
         action_space = type(env.action_space(params)).__name__
@@ -110,18 +109,11 @@ def config_from_flags():
         lr=FLAGS.lr,
         objective=FLAGS.objective,
     )
-    import jax
-
-    num_devices = FLAGS.num_devices or jax.device_count()
-    if num_devices > jax.device_count():
-        raise errors.ConfigError(
-            f"--num_devices must be in 1..{jax.device_count()} (devices available), "
-            f"got {num_devices}"
-        )
-    config.validate(num_devices)
     from jaxrl_dist import parallel
 
-    parallel.check_seeds_on_cpu_mesh(parallel.make_mesh(num_devices), FLAGS.num_seeds)
+    mesh = parallel.make_mesh(FLAGS.num_devices)
+    config.validate(mesh.size)
+    parallel.check_seeds_on_cpu_mesh(mesh, FLAGS.num_seeds)
     return config
 
 

@@ -47,6 +47,7 @@ class PolicyNetwork(nn.Module):
     action_dim: int
     discrete: bool
     activation: str = "tanh"
+    obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> Any:
@@ -56,8 +57,6 @@ class PolicyNetwork(nn.Module):
             return out
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         return distributions.GaussianParams(out, jnp.broadcast_to(log_std, out.shape))
-
-    obs_ndim: int = 1
 
 
 class ValueNetwork(nn.Module):

@@ -49,8 +49,12 @@ class TimeStep(NamedTuple):
     episode_length: jax.Array  # int32
 
 
-def registered_envs() -> list[str]:
-    return list(gymnax.registered_envs)
+def check_env_id(env_id: str) -> None:
+    """Raises ConfigError unless ``env_id`` is a registered gymnax id."""
+    if env_id not in gymnax.registered_envs:
+        raise errors.ConfigError(
+            f"--env must be a gymnax id ({', '.join(gymnax.registered_envs)}), got {env_id!r}"
+        )
 
 
 class GymnaxEnv:
@@ -67,10 +71,7 @@ class GymnaxEnv:
     """
 
     def __init__(self, env_id: str, num_envs: int, env_params: Any = None):
-        if env_id not in gymnax.registered_envs:
-            raise errors.ConfigError(
-                f"--env must be a gymnax id ({', '.join(gymnax.registered_envs)}), got {env_id!r}"
-            )
+        check_env_id(env_id)
         self.env_id = env_id
         self.num_envs = num_envs
         self.env, default_params = gymnax.make(env_id)
