@@ -8,7 +8,7 @@ replicated, and gradients are averaged with ``lax.pmean`` inside
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxrl_dist import errors
 
@@ -52,10 +52,6 @@ def check_seeds_on_cpu_mesh(mesh: Mesh, num_seeds: int) -> None:
             "in XLA's CPU runtime; use --num_devices < "
             f"{mesh.size}, --num_seeds=1, or force more host devices"
         )
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
 
 
 def shard_map(fn, mesh: Mesh, in_specs, out_specs):

@@ -9,9 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-PRNGKey = jax.Array
 Params = Any
-Metrics = dict[str, jax.Array]
 
 
 class Transition(NamedTuple):
