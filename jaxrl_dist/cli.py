@@ -113,7 +113,6 @@ def config_from_flags():
 
     mesh = parallel.make_mesh(FLAGS.num_devices)
     config.validate(mesh.size)
-    parallel.check_seeds_on_cpu_mesh(mesh, FLAGS.num_seeds)
     return config
 
 

@@ -31,29 +31,6 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 
-def check_seeds_on_cpu_mesh(mesh: Mesh, num_seeds: int) -> None:
-    """Rejects a configuration that deadlocks XLA's CPU runtime (seen with jax 0.10.2).
-
-    On the CPU backend, a program with collectives, vmapped over more than one
-    seed, on a mesh that spans *every* CPU device never returns from
-    ``Execute``; with at least one CPU device left out of the mesh it runs.
-
-    Raises:
-      ConfigError: ``num_seeds > 1`` on a CPU mesh over all (> 1) CPU devices.
-    """
-    devices = jax.devices()
-    if (
-        num_seeds > 1
-        and 1 < mesh.size == len(devices)
-        and devices[0].platform == "cpu"
-    ):
-        raise errors.ConfigError(
-            f"--num_seeds={num_seeds} with a mesh over all {mesh.size} CPU devices deadlocks "
-            "in XLA's CPU runtime; use --num_devices < "
-            f"{mesh.size}, --num_seeds=1, or force more host devices"
-        )
-
-
 def shard_map(fn, mesh: Mesh, in_specs, out_specs):
     """``jax.shard_map`` over ``mesh``."""
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)

@@ -32,7 +32,6 @@ BAD_INPUTS = [
     (["--num_envs=6", "--num_devices=4"], "--num_envs must be divisible by the number of devices"),
     (["--rollout_len=3", "--num_minibatches=8"], "--num_minibatches=8 does not divide"),
     (["--num_devices=9"], "--num_devices must be in 1..4"),
-    (["--num_seeds=2"], "--num_seeds=2 with a mesh over all 4 CPU devices deadlocks"),
     (["--objective=trpo"], "--objective must be one of clip, kl"),
     (["--eval_episodes=0"], "--eval_episodes must be > 0"),
     (["--num_envs=four"], "flag --num_envs=four"),

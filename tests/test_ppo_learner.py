@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -115,3 +119,24 @@ def test_bad_config_is_one_line_error(overrides, devices, match):
     with pytest.raises(errors.ConfigError, match=match) as info:
         learner_lib.Learner(cfg, parallel.make_mesh(devices))
     assert "\n" not in str(info.value)
+
+
+def test_vmapped_seeds_on_a_mesh_over_every_cpu_device_do_not_hang():
+    # Without --xla_cpu_multi_thread_eigen=false (set by `import jaxrl_dist`)
+    # this program never returned from Execute on jax 0.10.2.
+    script = (
+        "import jaxrl_dist, jax\n"
+        "from jaxrl_dist import parallel\n"
+        "from jaxrl_dist.agents.ppo import config, learner\n"
+        "cfg = config.default_config('CartPole-v1', num_envs=8, total_steps=8*128*2)\n"
+        "l = learner.Learner(cfg, parallel.make_mesh(4), num_seeds=2)\n"
+        "init_keys, keys = l.seed_keys(0)\n"
+        "state, metrics = l.make_train_chunk(2)(l.init(init_keys), keys)\n"
+        "print(int(jax.device_get(state.update_step)[1]))\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"

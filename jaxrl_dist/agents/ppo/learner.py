@@ -76,7 +76,6 @@ class Learner:
 
     def __init__(self, config: config_lib.PPOConfig, mesh, num_seeds: int = 1, env_params=None):
         self.config = config.validate(mesh.size)
-        parallel.check_seeds_on_cpu_mesh(mesh, num_seeds)
         self.mesh = mesh
         self.num_seeds = num_seeds
         self.num_devices = mesh.size
