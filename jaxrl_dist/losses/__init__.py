@@ -1,4 +1,4 @@
-"""Pure, jit-able RL losses and targets on time-major ``[T, B]`` arrays.
+"""Pure, jit-able RL losses and targets (GAE, PPO, V-trace, actor-critic) on time-major ``[T, B]`` arrays.
 
 Import the module, not the symbols::
 
@@ -6,6 +6,7 @@ Import the module, not the symbols::
     advantages, returns = losses.gae(rewards, values, next_values, discounts, truncated, 0.95)
 """
 
+from jaxrl_dist.losses.actor_critic import baseline_loss, policy_gradient_loss
 from jaxrl_dist.losses.gae import gae
 from jaxrl_dist.losses.ppo import (
     adapt_kl_beta,
@@ -14,12 +15,17 @@ from jaxrl_dist.losses.ppo import (
     ppo_kl_penalty_loss,
     value_loss,
 )
+from jaxrl_dist.losses.vtrace import VTraceReturns, vtrace
 
 __all__ = [
+    "VTraceReturns",
     "adapt_kl_beta",
+    "baseline_loss",
     "gae",
     "normalize_advantages",
+    "policy_gradient_loss",
     "ppo_clip_loss",
     "ppo_kl_penalty_loss",
     "value_loss",
+    "vtrace",
 ]
