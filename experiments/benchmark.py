@@ -2,6 +2,7 @@
 
     python experiments/benchmark.py                               # PureJaxRL's CartPole config
     python experiments/benchmark.py --num_envs=2048 --rollout_len=16
+    python experiments/benchmark.py --agent=impala      # also: --agent=a2c
 
 Compiles first (timed as compile_s), then times the training run through the
 same host loop as experiments/train.py. Prints a table and, as its last line,
@@ -55,8 +56,8 @@ def main(argv):
         "env": config.env,
         "num_envs": config.num_envs,
         "rollout_len": config.rollout_len,
-        "num_epochs": config.num_epochs,
-        "num_minibatches": config.num_minibatches,
+        "num_epochs": getattr(config, "num_epochs", 1),
+        "num_minibatches": getattr(config, "num_minibatches", 1),
         "num_seeds": FLAGS.num_seeds,
         "env_steps": best["env_steps"] * FLAGS.num_seeds,
         "sps": round(best["sps"]),
@@ -76,8 +77,8 @@ def main(argv):
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     rows = [
-        ("config", f"{config.num_envs} envs x {config.rollout_len} steps, "
-                   f"{config.num_epochs} epochs x {config.num_minibatches} minibatches"),
+        ("config", f"{FLAGS.agent}: {config.num_envs} envs x {config.rollout_len} steps, "
+                   f"{result['num_epochs']} epochs x {result['num_minibatches']} minibatches"),
         ("env steps", f"{result['env_steps']:,}"),
         ("env steps/s (after compile)", f"{result['sps']:,}"),
         ("compile (s)", f"{result['compile_s']}"),

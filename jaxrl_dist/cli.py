@@ -4,14 +4,20 @@ Every bad input ends the program with a one-line ``error: ...`` on stderr and
 exit code 2, before anything is compiled or written.
 """
 
+import dataclasses
 import os
 import sys
 
 from absl import flags
 
 from jaxrl_dist import errors
+from jaxrl_dist.agents import AGENTS
 
-AGENTS = {"ppo": ("Discrete", "Box")}  # agent -> action spaces it can act in
+# Flags that override fields of the agent's config (None: the per-env default).
+CONFIG_FLAGS = (
+    "num_envs", "rollout_len", "total_steps", "num_epochs", "num_minibatches", "lr",
+    "objective", "policy_lag", "optimizer", "ent_coef", "gamma",
+)
 
 FLAGS = flags.FLAGS
 
@@ -23,10 +29,16 @@ def define_agent_flags() -> None:
     flags.DEFINE_integer("num_envs", None, "Global number of environments (split over devices).")
     flags.DEFINE_integer("rollout_len", None, "Steps per env per update (T).")
     flags.DEFINE_integer("total_steps", None, "Environment steps per seed.")
-    flags.DEFINE_integer("num_epochs", None, "PPO epochs per update.")
-    flags.DEFINE_integer("num_minibatches", None, "Minibatches per epoch.")
-    flags.DEFINE_float("lr", None, "Adam learning rate.")
-    flags.DEFINE_string("objective", None, "PPO objective: clip (eq. 7) or kl (eq. 8).")
+    flags.DEFINE_integer("num_epochs", None, "PPO: epochs per update.")
+    flags.DEFINE_integer("num_minibatches", None, "PPO: minibatches per epoch.")
+    flags.DEFINE_float("lr", None, "Learning rate.")
+    flags.DEFINE_string("objective", None, "PPO: objective, clip (eq. 7) or kl (eq. 8).")
+    flags.DEFINE_integer(
+        "policy_lag", None, "IMPALA: updates by which the behaviour policy lags (0: on-policy)."
+    )
+    flags.DEFINE_string("optimizer", None, "adam or rmsprop (default: the agent's).")
+    flags.DEFINE_float("ent_coef", None, "Entropy bonus coefficient.")
+    flags.DEFINE_float("gamma", None, "Discount factor.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("num_seeds", 1, "Independent runs vmapped in one program.")
     flags.DEFINE_integer("num_devices", None, "Devices in the data-parallel mesh (default: all).")
@@ -67,9 +79,9 @@ def check_env_and_agent(agent: str, env_id: str) -> None:
         obs_space = type(env.observation_space(params)).__name__
     except Exception as e:  # noqa: BLE001 - any failure to build the env is bad input
         raise errors.ConfigError(f"--env={env_id} could not be created: {e}") from None
-    if action_space not in AGENTS[agent]:
+    if action_space not in AGENTS[agent].action_spaces:
         raise errors.ConfigError(
-            f"--agent={agent} acts in {' or '.join(AGENTS[agent])} action spaces; "
+            f"--agent={agent} acts in {' or '.join(AGENTS[agent].action_spaces)} action spaces; "
             f"--env={env_id} has {action_space}"
         )
     if obs_space != "Box":
@@ -86,12 +98,12 @@ def check_positive(**values) -> None:
 
 
 def config_from_flags():
-    """The validated PPOConfig from flags over the env's defaults.
+    """The validated config of ``--agent`` from flags over the env's defaults.
 
     Raises:
-      ConfigError: any bad value.
+      ConfigError: any bad value, or a flag that does not apply to the agent.
     """
-    from jaxrl_dist.agents.ppo import config as config_lib
+    from jaxrl_dist import agents, parallel
 
     check_env_and_agent(FLAGS.agent, FLAGS.env)
     check_positive(
@@ -99,18 +111,12 @@ def config_from_flags():
         num_epochs=FLAGS.num_epochs, num_minibatches=FLAGS.num_minibatches, lr=FLAGS.lr,
         num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
     )
-    config = config_lib.default_config(
-        FLAGS.env,
-        num_envs=FLAGS.num_envs,
-        rollout_len=FLAGS.rollout_len,
-        total_steps=FLAGS.total_steps,
-        num_epochs=FLAGS.num_epochs,
-        num_minibatches=FLAGS.num_minibatches,
-        lr=FLAGS.lr,
-        objective=FLAGS.objective,
-    )
-    from jaxrl_dist import parallel
-
+    overrides = {name: FLAGS[name].value for name in CONFIG_FLAGS if FLAGS[name].value is not None}
+    fields = {f.name for f in dataclasses.fields(agents.default_config(FLAGS.agent, FLAGS.env))}
+    for name in overrides:
+        if name not in fields:
+            raise errors.ConfigError(f"--{name} does not apply to --agent={FLAGS.agent}")
+    config = agents.default_config(FLAGS.agent, FLAGS.env, **overrides)
     mesh = parallel.make_mesh(FLAGS.num_devices)
     config.validate(mesh.size)
     return config

@@ -14,9 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl_dist import checkpoint, evaluation, parallel, writers
-from jaxrl_dist.agents.ppo import config as config_lib
-from jaxrl_dist.agents.ppo import learner as learner_lib
+from jaxrl_dist import agents, checkpoint, evaluation, parallel, writers
+from jaxrl_dist.agents import common, on_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +44,13 @@ def _mean_return(metrics: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def train(
-    config: config_lib.PPOConfig,
+    config: common.OnDeviceConfig,
     settings: RunSettings,
     workdir: str | None = None,
     progress: Callable[[str], None] = print,
     env_params: Any = None,
 ) -> dict[str, Any]:
-    """Trains PPO and, if ``workdir`` is given, writes metrics, config, checkpoint and plot.
+    """Trains ``config.agent``; with a ``workdir``, writes metrics, config, checkpoint and plot.
 
     Returns:
       A summary dict: ``env_steps`` (per seed), ``compile_s``, ``train_s``, ``sps``
@@ -64,14 +63,14 @@ def train(
     """
     t_start = time.time()
     mesh = parallel.make_mesh(settings.num_devices)
-    learner = learner_lib.Learner(config, mesh, settings.num_seeds, env_params)
+    learner = agents.make_learner(config, mesh, settings.num_seeds, env_params)
     num_updates = config.num_updates
     chunk = chunk_size(num_updates, settings.log_points)
     steps_per_chunk = chunk * config.steps_per_update
     writer = writers.MetricsWriter(workdir) if workdir else None
     if workdir:
         writers.write_config(
-            workdir, config, **dataclasses.asdict(settings),
+            workdir, config, agent=config.agent, **dataclasses.asdict(settings),
             num_devices_used=mesh.size, backend=jax.default_backend(),
         )
 
@@ -109,7 +108,7 @@ def train(
                 else float("nan"),
                 "train/episode_return_per_seed": returns,
                 **{k: float(np.mean(v)) for k, v in host.items()
-                   if k not in learner_lib.SUM_METRICS},
+                   if k not in on_device.SUM_METRICS},
             }
             history.append(record)
             if writer:
@@ -157,5 +156,6 @@ def train(
         checkpoint.save_params(os.path.join(workdir, "checkpoint"), params)
         steps = np.array([h["env_steps"] for h in history])
         curve = np.stack([np.asarray(h["train/episode_return_per_seed"]) for h in history])
-        writers.plot_learning_curve(workdir, steps, curve, f"PPO on {config.env}")
+        title = f"{agents.AGENTS[config.agent].title} on {config.env}"
+        writers.plot_learning_curve(workdir, steps, curve, title)
     return dict(summary, **{"eval/returns": eval_returns, "params": params, "history": history})

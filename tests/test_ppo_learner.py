@@ -88,7 +88,7 @@ def test_kl_penalty_objective_adapts_beta():
     state, metrics = run(1, num_updates=3, objective="kl")
     assert np.all(np.isfinite(jax.tree.leaves(state.params)[0]))
     # β starts at 1 and is halved or doubled after each update (or kept).
-    assert float(state.kl_beta[0]) in {2.0**k for k in range(-3, 4)}
+    assert float(state.agent_state.kl_beta[0]) in {2.0**k for k in range(-3, 4)}
     assert metrics["ppo/kl"][0] >= 0
 
 

@@ -1,1 +1,38 @@
-"""Agents: each has a validated config and a learner with one compiled update step."""
+"""Agents: each has a validated config and a learner with one compiled update step.
+
+The registry maps ``--agent`` names to their packages; each package has
+``config.py`` (a frozen config and ``default_config(env, **overrides)``) and
+``learner.py`` (``Learner(config, mesh, num_seeds, env_params)``).
+"""
+
+import importlib
+from typing import NamedTuple
+
+
+class AgentSpec(NamedTuple):
+    title: str  # for plots and tables
+    package: str
+    action_spaces: tuple[str, ...]  # gymnax space class names it can act in
+
+
+AGENTS: dict[str, AgentSpec] = {
+    "ppo": AgentSpec("PPO", "jaxrl_dist.agents.ppo", ("Discrete", "Box")),
+    "impala": AgentSpec("IMPALA", "jaxrl_dist.agents.impala", ("Discrete", "Box")),
+    "a2c": AgentSpec("A2C", "jaxrl_dist.agents.a2c", ("Discrete", "Box")),
+}
+
+
+def config_module(agent: str):
+    """The ``config`` module of ``agent`` (a key of ``AGENTS``)."""
+    return importlib.import_module(AGENTS[agent].package + ".config")
+
+
+def default_config(agent: str, env: str, **overrides):
+    """``agent``'s per-env default config for ``env`` with ``overrides`` (``None`` ignored)."""
+    return config_module(agent).default_config(env, **overrides)
+
+
+def make_learner(config, mesh, num_seeds: int = 1, env_params=None):
+    """The learner of ``config.agent`` for ``config`` on ``mesh``."""
+    module = importlib.import_module(AGENTS[config.agent].package + ".learner")
+    return module.Learner(config, mesh, num_seeds, env_params)

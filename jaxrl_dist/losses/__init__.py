@@ -1,4 +1,6 @@
-"""Pure, jit-able RL losses and targets (GAE, PPO, V-trace, actor-critic) on time-major ``[T, B]`` arrays.
+"""Pure, jit-able RL losses and targets on time-major ``[T, B]`` arrays.
+
+GAE and PPO (Schulman et al.), V-trace (Espeholt et al.), actor-critic (Mnih et al.).
 
 Import the module, not the symbols::
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 
 class VTraceReturns(NamedTuple):
-    """``vs``: V-trace value targets ``[T, B]``; ``pg_advantages``: ρ-clipped advantages ``[T, B]``."""
+    """V-trace outputs, both ``[T, B]``: value targets ``vs`` and ρ-clipped ``pg_advantages``."""
 
     vs: jax.Array
     pg_advantages: jax.Array

@@ -1,0 +1,124 @@
+"""What every on-device agent's config shares: fields, validation and per-env defaults."""
+
+import dataclasses
+import math
+from typing import ClassVar
+
+from jaxrl_dist import errors
+
+ACTIVATIONS = ("tanh", "relu")
+OPTIMIZERS = ("adam", "rmsprop")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnDeviceConfig:
+    """Hyperparameters shared by the on-device agents. Units: steps are environment steps.
+
+    ``num_envs`` is the *global* number of environments, split evenly across
+    devices. One update collects ``num_envs * rollout_len`` env steps.
+    """
+
+    agent: ClassVar[str] = ""
+
+    env: str = "CartPole-v1"
+    num_envs: int = 4
+    rollout_len: int = 128
+    total_steps: int = 500_000
+    lr: float = 2.5e-4
+    anneal_lr: bool = True
+    optimizer: str = "adam"  # "adam" or "rmsprop" (decay 0.99)
+    opt_eps: float = 1e-5
+    gamma: float = 0.99
+    vf_coef: float = 0.5
+    ent_coef: float = 0.01
+    max_grad_norm: float = 0.5
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_len
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_steps // self.steps_per_update
+
+    def validate(self, num_devices: int = 1):
+        """Checks every value; returns self.
+
+        Raises:
+          ConfigError: with a one-line message naming the flag and what is allowed.
+        """
+        check_positive_ints(self, "num_envs", "rollout_len", "total_steps")
+        check_positive_floats(self, "lr", "opt_eps")
+        check_unit_interval(self, "gamma")
+        check_non_negative(self, "vf_coef", "ent_coef", "max_grad_norm")
+        check_choice(self, "activation", ACTIVATIONS)
+        check_choice(self, "optimizer", OPTIMIZERS)
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            raise errors.ConfigError(
+                f"--hidden_sizes must be positive integers, got {self.hidden_sizes!r}"
+            )
+        if self.num_envs % num_devices:
+            raise errors.ConfigError(
+                f"--num_envs must be divisible by the number of devices ({num_devices}), "
+                f"got {self.num_envs}"
+            )
+        if self.num_updates < 1:
+            raise errors.ConfigError(
+                f"--total_steps must be >= num_envs * rollout_len = {self.steps_per_update}, "
+                f"got {self.total_steps}"
+            )
+        return self
+
+
+def check_positive_ints(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise errors.ConfigError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def check_positive_floats(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise errors.ConfigError(f"--{name} must be > 0, got {value!r}")
+
+
+def check_non_negative(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise errors.ConfigError(f"--{name} must be >= 0, got {value!r}")
+
+
+def check_unit_interval(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise errors.ConfigError(f"--{name} must be in [0, 1], got {value!r}")
+
+
+def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise errors.ConfigError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+CLASSIC_ENVS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")
+CONTINUOUS_ENVS = ("Pendulum-v1", "MountainCarContinuous-v0")
+MINATAR_ENVS = (
+    "Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar",
+    "Seaquest-MinAtar",
+)
+
+
+def make_default_config(config_cls, env_defaults: dict[str, dict], env: str, **overrides):
+    """``config_cls`` with ``env_defaults[env]`` (or the class defaults) and ``overrides``.
+
+    ``None`` overrides are ignored (an unset flag).
+    """
+    values = dict(env_defaults.get(env, {}), env=env)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_cls(**values)

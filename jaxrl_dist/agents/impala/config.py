@@ -1,0 +1,64 @@
+"""IMPALA configuration: a frozen dataclass validated before anything compiles."""
+
+import dataclasses
+from typing import ClassVar
+
+from jaxrl_dist import errors
+from jaxrl_dist.agents import common
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpalaConfig(common.OnDeviceConfig):
+    """Hyperparameters of an IMPALA run on device.
+
+    One update: every env acts ``rollout_len`` steps with the *behaviour* policy,
+    the learner's parameters of ``policy_lag`` updates ago (0: on-policy), then
+    one gradient step on the V-trace actor-critic loss. The clipping thresholds
+    are ρ̄, c̄ and ρ̄_pg of the paper (sec. 4.1-4.2), ``vtrace_lambda`` its λ.
+    """
+
+    agent: ClassVar[str] = "impala"
+
+    num_envs: int = 16
+    rollout_len: int = 20
+    total_steps: int = 1_000_000
+    lr: float = 1.5e-3
+    optimizer: str = "rmsprop"
+    policy_lag: int = 1
+    clip_rho_threshold: float = 1.0
+    clip_c_threshold: float = 1.0
+    clip_pg_rho_threshold: float = 1.0
+    vtrace_lambda: float = 1.0
+
+    def validate(self, num_devices: int = 1) -> "ImpalaConfig":
+        """Checks every value; returns self.
+
+        Raises:
+          ConfigError: with a one-line message naming the flag and what is allowed.
+        """
+        super().validate(num_devices)
+        if not isinstance(self.policy_lag, int) or self.policy_lag < 0:
+            raise errors.ConfigError(
+                f"--policy_lag must be an integer >= 0, got {self.policy_lag!r}"
+            )
+        common.check_positive_floats(
+            self, "clip_rho_threshold", "clip_c_threshold", "clip_pg_rho_threshold"
+        )
+        common.check_unit_interval(self, "vtrace_lambda")
+        return self
+
+
+_CLASSIC = dict(num_envs=16, rollout_len=20, total_steps=1_000_000, lr=1.5e-3)
+_MINATAR = dict(
+    num_envs=64, rollout_len=20, total_steps=10_000_000, lr=6e-4, hidden_sizes=(256, 256),
+    activation="relu",
+)
+ENV_DEFAULTS: dict[str, dict] = {
+    **{env: _CLASSIC for env in common.CLASSIC_ENVS + common.CONTINUOUS_ENVS},
+    **{env: _MINATAR for env in common.MINATAR_ENVS},
+}
+
+
+def default_config(env: str, **overrides) -> ImpalaConfig:
+    """The per-env defaults for ``env``, with ``overrides`` (``None`` values ignored)."""
+    return common.make_default_config(ImpalaConfig, ENV_DEFAULTS, env, **overrides)

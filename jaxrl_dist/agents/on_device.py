@@ -1,0 +1,216 @@
+"""The part every on-device ("Anakin") learner shares.
+
+An agent subclasses ``OnDeviceLearner`` and writes one method,
+``_local_update(state, key) -> (state, metrics)``: one update for one seed on
+this device's environments, inside ``jax.shard_map`` (gradients averaged with
+``parallel.pmean``) and ``jax.vmap`` over seeds. This class builds the
+environment, networks and optimizer, the sharded initial state, and the jitted
+program that scans ``K`` updates per host call.
+
+Randomness of update ``u`` is ``fold_in(key, u)`` further folded with *global*
+environment indices, so results do not depend on the number of devices nor on
+how many updates are scanned per host call.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxrl_dist import distributions, networks, parallel, types
+from jaxrl_dist.actors import rollout as rollout_lib
+from jaxrl_dist.agents import common
+from jaxrl_dist.envs import gymnax_env
+
+
+class TrainState(NamedTuple):
+    """Per-seed training state; every leaf has a leading seed axis ``S``.
+
+    ``env_state`` leaves are ``[S, num_envs, ...]``, sharded over devices along
+    the env axis; everything else is replicated.
+    """
+
+    params: types.Params  # {"policy": ..., "value": ...}
+    opt_state: Any
+    env_state: gymnax_env.EnvState
+    update_step: jax.Array  # [S] int32, updates done so far
+    agent_state: Any  # the agent's own (PPO: KL β; IMPALA: lagged behaviour params)
+
+
+# Metrics summed over devices and updates (the rest are averaged).
+SUM_METRICS = ("episodes", "episode_return_sum", "episode_length_sum")
+
+STATE_SPECS = TrainState(
+    params=P(), opt_state=P(), env_state=P(None, parallel.DATA_AXIS), update_step=P(),
+    agent_state=P(),
+)
+
+
+class OnDeviceLearner:
+    """Builds an agent's compiled update for a config, an environment and a mesh.
+
+    Args:
+      config: an ``OnDeviceConfig`` subclass (validated here).
+      mesh: a 1-D ``("data",)`` mesh; ``config.num_envs`` must divide across it.
+      num_seeds: ``S``, independent runs vmapped in one program.
+      env_params: optional gymnax ``EnvParams`` override.
+
+    Attributes:
+      init: jitted ``(init_keys [S]) -> TrainState`` (sharded).
+      update: jitted ``(state, train_keys [S]) -> (state, metrics)``, one update.
+
+    Raises:
+      ConfigError: the config does not fit the mesh.
+    """
+
+    def __init__(
+        self, config: common.OnDeviceConfig, mesh, num_seeds: int = 1, env_params=None
+    ):
+        self.config = config.validate(mesh.size)
+        self.mesh = mesh
+        self.num_seeds = num_seeds
+        self.num_devices = mesh.size
+        self.local_envs = config.num_envs // mesh.size
+        self.env = gymnax_env.GymnaxEnv(config.env, config.num_envs, env_params)
+        self.dist = distributions.for_action_space(self.env.action_space)
+        obs_ndim = len(self.env.obs_shape)
+        self.policy_net = networks.PolicyNetwork(
+            config.hidden_sizes, self.env.action_dim, self.dist.discrete, config.activation,
+            obs_ndim=obs_ndim,
+        )
+        self.value_net = networks.ValueNetwork(config.hidden_sizes, config.activation, obs_ndim)
+        self.optimizer = self._make_optimizer()
+        self.state_shardings = jax.tree.map(
+            lambda spec: NamedSharding(mesh, spec), STATE_SPECS,
+            is_leaf=lambda x: isinstance(x, P),
+        )
+        self.acting = rollout_lib.Policy(
+            self.policy, self.dist.noise, self.dist.sample_from_noise, self.dist.log_prob,
+            self.env.action_dim,
+        )
+        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.update = self.make_train_chunk(1)
+
+    # ------------------------------------------------------------ to override
+    def _local_update(self, state: TrainState, key: jax.Array) -> tuple[TrainState, dict]:
+        """One update for one seed on this device's envs (inside shard_map and vmap)."""
+        raise NotImplementedError
+
+    def _init_agent_state(self, params: types.Params) -> Any:
+        """The agent's own initial state for one seed (default: none)."""
+        del params
+        return ()
+
+    def _optimizer_steps(self) -> int:
+        """Optimizer steps over the whole run (the horizon of learning-rate annealing)."""
+        return self.config.num_updates
+
+    # ---------------------------------------------------------------- pieces
+    def _make_optimizer(self) -> optax.GradientTransformation:
+        cfg = self.config
+        lr = cfg.lr
+        if cfg.anneal_lr:
+            lr = optax.linear_schedule(cfg.lr, 0.0, self._optimizer_steps())
+        if cfg.optimizer == "adam":
+            opt = optax.adam(lr, eps=cfg.opt_eps)
+        else:
+            opt = optax.rmsprop(lr, decay=0.99, eps=cfg.opt_eps)
+        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
+
+    def policy(self, params: types.Params, obs: jax.Array) -> Any:
+        """Distribution parameters of π(·|obs) for ``obs`` ``[..., *obs_shape]``."""
+        return self.policy_net.apply(params["policy"], obs)
+
+    def value(self, params: types.Params, obs: jax.Array) -> jax.Array:
+        """V(obs), ``[...]`` float32."""
+        return self.value_net.apply(params["value"], obs)
+
+    def local_env_ids(self) -> jax.Array:
+        """``[B_local]`` global indices of this device's environments (inside shard_map)."""
+        return parallel.axis_index() * self.local_envs + jnp.arange(self.local_envs)
+
+    def rollout(self, acting_params, env_state, key, env_ids):
+        """``(env_state, traj [T, B_local, ...], metrics)`` acting with ``acting_params``.
+
+        ``metrics`` holds the episode sums of ``SUM_METRICS``, summed over devices.
+        """
+        env_state, traj, episodes = rollout_lib.rollout(
+            self.env, self.acting, acting_params, env_state, key, env_ids,
+            self.config.rollout_len,
+        )
+        totals = parallel.psum(episodes)
+        metrics = {
+            "episodes": totals.count,
+            "episode_return_sum": totals.returns,
+            "episode_length_sum": totals.lengths,
+        }
+        return env_state, traj, metrics
+
+    def values_and_next_values(self, params, traj: types.Transition):
+        """``V(x_t)`` and ``V(x'_{t+1})`` (the true, pre-reset successor) in one batched call."""
+        all_values = self.value(params, jnp.concatenate([traj.obs, traj.next_obs], axis=0))
+        return jnp.split(all_values, 2, axis=0)
+
+    def discounts(self, traj: types.Transition) -> jax.Array:
+        """``γ_t = γ·(1 − terminated_t)``: termination stops bootstrapping, truncation does not."""
+        return self.config.gamma * (1.0 - traj.terminated.astype(jnp.float32))
+
+    # ------------------------------------------------------------------ init
+    def _init_one(self, key: jax.Array) -> TrainState:
+        policy_key, value_key, env_key = jax.random.split(key, 3)
+        dummy_obs = jnp.zeros(self.env.obs_shape, jnp.float32)
+        params = {
+            "policy": self.policy_net.init(policy_key, dummy_obs),
+            "value": self.value_net.init(value_key, dummy_obs),
+        }
+        env_ids = jnp.arange(self.config.num_envs)
+        reset_keys = jax.vmap(jax.random.fold_in, (None, 0))(env_key, env_ids)
+        return TrainState(
+            params=params,
+            opt_state=self.optimizer.init(params),
+            env_state=self.env.reset(reset_keys),
+            update_step=jnp.zeros((), jnp.int32),
+            agent_state=self._init_agent_state(params),
+        )
+
+    def _init(self, seed_keys: jax.Array) -> TrainState:
+        return jax.vmap(self._init_one)(seed_keys)
+
+    # ----------------------------------------------------------- the program
+    def make_train_chunk(self, num_updates: int) -> Callable:
+        """A jitted ``(state, key[S]) -> (state, metrics)`` running ``num_updates`` updates.
+
+        Metrics are reduced on device over the updates: ``SUM_METRICS`` are summed,
+        the rest averaged, all with a leading seed axis ``[S]``. The input state is
+        donated.
+        """
+
+        def local_chunk(state, key):
+            def body(carry, _):
+                return self._local_update(carry, key)
+
+            state, metrics = jax.lax.scan(body, state, None, length=num_updates)
+            reduced = {
+                k: jnp.sum(v) if k in SUM_METRICS else jnp.mean(v) for k, v in metrics.items()
+            }
+            return state, reduced
+
+        sharded = parallel.shard_map(
+            jax.vmap(local_chunk),
+            self.mesh,
+            in_specs=(STATE_SPECS, P()),
+            out_specs=(STATE_SPECS, P()),
+        )
+        return jax.jit(sharded, donate_argnums=0)
+
+    def seed_keys(self, seed: int) -> tuple[jax.Array, jax.Array]:
+        """``(init_keys[S], train_keys[S])``: seed ``i`` of a run does not depend on ``S``."""
+        base = jax.random.key(seed)
+        keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(
+            jnp.arange(self.num_seeds)
+        )
+        return keys[:, 0], keys[:, 1]
