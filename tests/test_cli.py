@@ -24,7 +24,12 @@ def run_script(script, *args, devices=1, timeout=600):
 
 BAD_INPUTS = [
     (["--env=CartPole-v9"], "--env must be a gymnax id"),
-    (["--agent=sac"], "--agent must be one of ppo"),
+    (["--agent=sac"], "--agent must be one of ppo, impala, a2c"),
+    (["--agent=impala", "--policy_lag=-1"], "--policy_lag must be an integer >= 0"),
+    (["--agent=impala", "--num_epochs=2"], "--num_epochs does not apply to --agent=impala"),
+    (["--agent=a2c", "--objective=kl"], "--objective does not apply to --agent=a2c"),
+    (["--agent=a2c", "--optimizer=sgd"], "--optimizer must be one of adam, rmsprop"),
+    (["--agent=a2c", "--gamma=1.5"], "--gamma must be in [0, 1]"),
     (["--lr=-0.1"], "--lr must be > 0"),
     (["--lr=0"], "--lr must be > 0"),
     (["--total_steps=0"], "--total_steps must be > 0"),
@@ -65,9 +70,10 @@ def test_benchmark_bad_input_exit_2():
     assert result.stderr.strip() == "error: --num_minibatches must be > 0, got 0"
 
 
-def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path):
+@pytest.mark.parametrize("agent", ["ppo", "impala", "a2c"])
+def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path, agent):
     result = run_script(
-        TRAIN, f"--workdir={tmp_path}", "--total_steps=16384", "--num_envs=8",
+        TRAIN, f"--workdir={tmp_path}", f"--agent={agent}", "--total_steps=16384", "--num_envs=8",
         "--rollout_len=64", "--num_seeds=2", "--eval_episodes=4", "--compilation_cache=",
         "--num_devices=2", devices=4,
     )
@@ -85,6 +91,7 @@ def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path):
     assert len(final["eval/episode_return_per_seed"]) == 2
     assert final["eval/episode_return"] > 0
     config = json.loads((tmp_path / "config.json").read_text())
+    assert config["agent"] == agent
     assert config["num_envs"] == 8 and config["num_seeds"] == 2
     assert config["num_devices_used"] == 2
     assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -104,12 +111,15 @@ def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path):
     assert digest.hexdigest() == final["params_sha256"]
 
 
-def test_benchmark_prints_table_and_json(tmp_path):
-    result = run_script(BENCHMARK, "--total_steps=8192", "--num_envs=16", "--rollout_len=32")
+@pytest.mark.parametrize("agent", ["ppo", "impala", "a2c"])
+def test_benchmark_prints_table_and_json(agent):
+    result = run_script(BENCHMARK, f"--agent={agent}", "--total_steps=8192", "--num_envs=16",
+                        "--rollout_len=32")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert any("env steps/s (after compile)" in line for line in lines)
     summary = json.loads(lines[-1])
+    assert summary["agent"] == agent
     assert summary["env_steps"] == 8192
     assert summary["sps"] > 0 and summary["compile_s"] > 0
     assert summary["num_devices"] == 1 and summary["backend"] == "cpu"
@@ -117,8 +127,9 @@ def test_benchmark_prints_table_and_json(tmp_path):
 
 def test_agent_that_cannot_act_in_the_action_space(monkeypatch):
     from jaxrl_dist import cli, errors
+    from jaxrl_dist.agents import AgentSpec
 
-    monkeypatch.setitem(cli.AGENTS, "discrete_only", ("Discrete",))
+    monkeypatch.setitem(cli.AGENTS, "discrete_only", AgentSpec("D", "none", ("Discrete",)))
     with pytest.raises(errors.ConfigError) as info:
         cli.check_env_and_agent("discrete_only", "Pendulum-v1")
     assert str(info.value) == (
