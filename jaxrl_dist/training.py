@@ -36,11 +36,10 @@ def chunk_size(num_updates: int, log_points: int) -> int:
     return max(d for d in range(1, target + 1) if num_updates % d == 0)
 
 
-def _mean_return(metrics: dict[str, np.ndarray]) -> np.ndarray:
+def _per_episode(metrics: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """``[S]`` mean of ``name`` over the finished episodes (NaN where none finished)."""
     with np.errstate(all="ignore"):
-        return np.where(
-            metrics["episodes"] > 0, metrics["episode_return_sum"] / metrics["episodes"], np.nan
-        )
+        return np.where(metrics["episodes"] > 0, metrics[name] / metrics["episodes"], np.nan)
 
 
 def train(
@@ -97,7 +96,8 @@ def train(
             done_steps, done_metrics = pending
             host = jax.device_get(done_metrics)
             now = time.time()
-            returns = _mean_return(host)
+            returns = _per_episode(host, "episode_return_sum")
+            lengths = _per_episode(host, "episode_length_sum")
             sps = (done_steps - steps_last_log) * settings.num_seeds / (now - t_last_log)
             t_last_log, steps_last_log = now, done_steps
             record = {
@@ -107,6 +107,8 @@ def train(
                 "train/episode_return": float(np.nanmean(returns)) if np.any(returns == returns)
                 else float("nan"),
                 "train/episode_return_per_seed": returns,
+                "train/episode_length": float(np.nanmean(lengths)) if np.any(lengths == lengths)
+                else float("nan"),
                 **{k: float(np.mean(v)) for k, v in host.items()
                    if k not in on_device.SUM_METRICS},
             }
