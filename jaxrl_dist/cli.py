@@ -29,8 +29,8 @@ def define_agent_flags() -> None:
     flags.DEFINE_integer("num_envs", None, "Global number of environments (split over devices).")
     flags.DEFINE_integer("rollout_len", None, "Steps per env per update (T).")
     flags.DEFINE_integer("total_steps", None, "Environment steps per seed.")
-    flags.DEFINE_integer("num_epochs", None, "PPO: epochs per update.")
-    flags.DEFINE_integer("num_minibatches", None, "PPO: minibatches per epoch.")
+    flags.DEFINE_integer("num_epochs", None, "PPO, IMPALA: passes over each rollout.")
+    flags.DEFINE_integer("num_minibatches", None, "PPO, IMPALA: minibatches per pass.")
     flags.DEFINE_float("lr", None, "Learning rate.")
     flags.DEFINE_string("objective", None, "PPO: objective, clip (eq. 7) or kl (eq. 8).")
     flags.DEFINE_integer(

@@ -30,11 +30,13 @@ def assert_trees_close(a, b, rtol=2e-4, atol=2e-6):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("agent", ["a2c", "impala"])
+@pytest.mark.parametrize("agent,overrides", [
+    ("a2c", {}), ("a2c", dict(normalize_advantages=True)), ("impala", {}),
+    ("impala", dict(num_epochs=2, num_minibatches=2))])
 @pytest.mark.parametrize("num_devices", [2, 4])
-def test_sharded_equals_unsharded(agent, num_devices):
-    single, m1 = run(agent, 1)
-    sharded, m2 = run(agent, num_devices)
+def test_sharded_equals_unsharded(agent, overrides, num_devices):
+    single, m1 = run(agent, 1, **overrides)
+    sharded, m2 = run(agent, num_devices, **overrides)
     assert_trees_close(single.params, sharded.params)
     assert_trees_close(single.agent_state, sharded.agent_state)
     np.testing.assert_allclose(m1["episode_return_sum"], m2["episode_return_sum"], rtol=1e-5)
@@ -71,6 +73,10 @@ def test_importance_ratios_are_one_on_policy_and_differ_with_lag():
     _, lagged = run("impala", num_updates=4, policy_lag=1, lr=3e-3)
     assert lagged["vtrace/abs_log_rho_mean"][0] > 1e-3
     assert lagged["vtrace/rho_max"][0] > 1.0 > lagged["vtrace/rho_min"][0]
+    # Several gradient steps per rollout: π drifts from μ within the update too.
+    _, reused = run("impala", num_updates=2, policy_lag=0, lr=3e-3, num_epochs=2,
+                    num_minibatches=2)
+    assert reused["vtrace/abs_log_rho_mean"][0] > 1e-3
 
 
 def test_impala_on_policy_with_unit_traces_equals_a2c():
@@ -92,6 +98,7 @@ def test_continuous_actions():
     ("impala", dict(policy_lag=-1), "--policy_lag must be an integer >= 0"),
     ("impala", dict(clip_rho_threshold=0.0), "--clip_rho_threshold must be > 0"),
     ("impala", dict(vtrace_lambda=1.5), "--vtrace_lambda must be in"),
+    ("impala", dict(num_minibatches=3), "--num_minibatches=3 must divide the 2 envs per device"),
     ("a2c", dict(gae_lambda=-0.1), "--gae_lambda must be in"),
     ("a2c", dict(optimizer="sgd"), "--optimizer must be one of adam, rmsprop"),
     ("a2c", dict(num_envs=6), "--num_envs must be divisible by the number of devices"),

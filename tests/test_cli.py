@@ -26,7 +26,7 @@ BAD_INPUTS = [
     (["--env=CartPole-v9"], "--env must be a gymnax id"),
     (["--agent=sac"], "--agent must be one of ppo, impala, a2c"),
     (["--agent=impala", "--policy_lag=-1"], "--policy_lag must be an integer >= 0"),
-    (["--agent=impala", "--num_epochs=2"], "--num_epochs does not apply to --agent=impala"),
+    (["--agent=a2c", "--num_epochs=2"], "--num_epochs does not apply to --agent=a2c"),
     (["--agent=a2c", "--objective=kl"], "--objective does not apply to --agent=a2c"),
     (["--agent=a2c", "--optimizer=sgd"], "--optimizer must be one of adam, rmsprop"),
     (["--agent=a2c", "--gamma=1.5"], "--gamma must be in [0, 1]"),

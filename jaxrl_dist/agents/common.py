@@ -32,6 +32,7 @@ class OnDeviceConfig:
     vf_coef: float = 0.5
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
+    normalize_advantages: bool = False  # over the whole (global) batch of each gradient step
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
 

@@ -40,6 +40,10 @@ class Learner(on_device.OnDeviceLearner):
         del params
         return state.agent_state
 
+    def sgd_layout(self) -> tuple[int, int]:
+        """``(epochs, minibatches)`` of gradient steps per rollout; A2C: one step, ``(1, 1)``."""
+        return 1, 1
+
     def targets(self, traj: types.Transition, log_probs, values, next_values):
         """``(pg_advantages, value_targets, metrics)``, all ``[T, B_local]``.
 
@@ -64,6 +68,8 @@ class Learner(on_device.OnDeviceLearner):
             traj, jax.lax.stop_gradient(log_probs), jax.lax.stop_gradient(values),
             jax.lax.stop_gradient(next_values),
         )
+        if cfg.normalize_advantages:
+            pg_advantages = losses.normalize_advantages(pg_advantages, parallel.DATA_AXIS)
         pg_loss = losses.policy_gradient_loss(log_probs, pg_advantages)
         v_loss = losses.baseline_loss(values, value_targets)
         entropy = jnp.mean(self.dist.entropy(dist))
@@ -78,17 +84,35 @@ class Learner(on_device.OnDeviceLearner):
         })
         return total, metrics
 
+    def _sgd_step(self, carry, minibatch: types.Transition):
+        params, opt_state = carry
+        grads, metrics = jax.grad(self._loss, has_aux=True)(params, minibatch)
+        grads = parallel.pmean(grads)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = parallel.pmean(metrics)
+        metrics["opt/grad_norm"] = optax.tree.norm(grads)
+        return (params, opt_state), metrics
+
     def _local_update(self, state: TrainState, key: jax.Array):
         key = jax.random.fold_in(key, state.update_step)
         env_state, traj, episode_metrics = self.rollout(
             self.acting_params(state), state.env_state, key, self.local_env_ids()
         )
-        grads, metrics = jax.grad(self._loss, has_aux=True)(state.params, traj)
-        grads = parallel.pmean(grads)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = parallel.pmean(metrics)
-        metrics["opt/grad_norm"] = optax.tree.norm(grads)
+        epochs, minibatches = self.sgd_layout()
+        # Minibatch j holds the envs whose global index is j mod M: the same sets on any
+        # number of devices (local envs per device are a multiple of M).
+        split = jax.tree.map(
+            lambda x: jnp.moveaxis(
+                x.reshape((x.shape[0], -1, minibatches) + x.shape[2:]), 2, 0
+            ),
+            traj,
+        )
+        (params, opt_state), metrics = jax.lax.scan(
+            lambda carry, _: jax.lax.scan(self._sgd_step, carry, split),
+            (state.params, state.opt_state), None, length=epochs,
+        )
+        metrics = jax.tree.map(jnp.mean, metrics)
         metrics.update(episode_metrics)
         new_state = TrainState(
             params, opt_state, env_state, state.update_step + 1,

@@ -15,6 +15,9 @@ class ImpalaConfig(common.OnDeviceConfig):
     the learner's parameters of ``policy_lag`` updates ago (0: on-policy), then
     one gradient step on the V-trace actor-critic loss. The clipping thresholds
     are ρ̄, c̄ and ρ̄_pg of the paper (sec. 4.1-4.2), ``vtrace_lambda`` its λ.
+    ``num_epochs`` × ``num_minibatches`` > 1 reuses each rollout for several
+    gradient steps (minibatches are groups of envs); the policy then drifts from
+    μ within an update as well, which V-trace corrects like any other lag.
     """
 
     agent: ClassVar[str] = "impala"
@@ -25,6 +28,8 @@ class ImpalaConfig(common.OnDeviceConfig):
     lr: float = 1.5e-3
     optimizer: str = "rmsprop"
     policy_lag: int = 1
+    num_epochs: int = 1  # passes over each rollout (1: the paper's single step)
+    num_minibatches: int = 1  # env groups per pass; V-trace corrects for the drift
     clip_rho_threshold: float = 1.0
     clip_c_threshold: float = 1.0
     clip_pg_rho_threshold: float = 1.0
@@ -40,6 +45,12 @@ class ImpalaConfig(common.OnDeviceConfig):
         if not isinstance(self.policy_lag, int) or self.policy_lag < 0:
             raise errors.ConfigError(
                 f"--policy_lag must be an integer >= 0, got {self.policy_lag!r}"
+            )
+        common.check_positive_ints(self, "num_epochs", "num_minibatches")
+        if (self.num_envs // num_devices) % self.num_minibatches:
+            raise errors.ConfigError(
+                f"--num_minibatches={self.num_minibatches} must divide the "
+                f"{self.num_envs // num_devices} envs per device"
             )
         common.check_positive_floats(
             self, "clip_rho_threshold", "clip_c_threshold", "clip_pg_rho_threshold"

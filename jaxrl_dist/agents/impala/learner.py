@@ -34,6 +34,13 @@ class Learner(a2c_learner.Learner):
 
     config: config_lib.ImpalaConfig
 
+    def sgd_layout(self) -> tuple[int, int]:
+        return self.config.num_epochs, self.config.num_minibatches
+
+    def _optimizer_steps(self) -> int:
+        cfg = self.config
+        return cfg.num_updates * cfg.num_epochs * cfg.num_minibatches
+
     def _init_agent_state(self, params: types.Params):
         lag = self.config.policy_lag
         if lag == 0:
