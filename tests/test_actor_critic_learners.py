@@ -30,10 +30,11 @@ def assert_trees_close(a, b, rtol=2e-4, atol=2e-6):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("agent,overrides", [
-    ("a2c", {}), ("a2c", dict(normalize_advantages=True)), ("impala", {}),
-    ("impala", dict(num_epochs=2, num_minibatches=2))])
-@pytest.mark.parametrize("num_devices", [2, 4])
+@pytest.mark.parametrize("agent,overrides,num_devices", [
+    ("a2c", {}, 2), ("a2c", {}, 4), ("impala", {}, 2), ("impala", {}, 4),
+    ("a2c", dict(normalize_advantages=True), 4),
+    ("impala", dict(num_epochs=2, num_minibatches=2), 4),
+])
 def test_sharded_equals_unsharded(agent, overrides, num_devices):
     single, m1 = run(agent, 1, **overrides)
     sharded, m2 = run(agent, num_devices, **overrides)
@@ -41,7 +42,8 @@ def test_sharded_equals_unsharded(agent, overrides, num_devices):
     assert_trees_close(single.agent_state, sharded.agent_state)
     np.testing.assert_allclose(m1["episode_return_sum"], m2["episode_return_sum"], rtol=1e-5)
     np.testing.assert_allclose(m1["loss/total"], m2["loss/total"], rtol=1e-4, atol=1e-6)
-    init = jax.device_get(make(agent).init(make(agent).seed_keys(0)[0]))
+    learner = make(agent)
+    init = jax.device_get(learner.init(learner.seed_keys(0)[0]))
     assert not np.allclose(init.params["policy"]["params"]["MLP_0"]["Dense_0"]["kernel"],
                            single.params["policy"]["params"]["MLP_0"]["Dense_0"]["kernel"])
 
