@@ -16,7 +16,7 @@ from jaxrl_dist.agents import AGENTS
 # Flags that override fields of the agent's config (None: the per-env default).
 CONFIG_FLAGS = (
     "num_envs", "rollout_len", "total_steps", "num_epochs", "num_minibatches", "lr",
-    "objective", "policy_lag", "optimizer", "ent_coef", "gamma",
+    "objective", "policy_lag", "optimizer", "ent_coef", "gamma", "torso",
 )
 
 FLAGS = flags.FLAGS
@@ -39,6 +39,7 @@ def define_agent_flags() -> None:
     flags.DEFINE_string("optimizer", None, "adam or rmsprop (default: the agent's).")
     flags.DEFINE_float("ent_coef", None, "Entropy bonus coefficient.")
     flags.DEFINE_float("gamma", None, "Discount factor.")
+    flags.DEFINE_string("torso", None, "mlp, or cnn (a 3x3x16 conv first; image observations).")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("num_seeds", 1, "Independent runs vmapped in one program.")
     flags.DEFINE_integer("num_devices", None, "Devices in the data-parallel mesh (default: all).")
@@ -117,6 +118,16 @@ def config_from_flags():
         if name not in fields:
             raise errors.ConfigError(f"--{name} does not apply to --agent={FLAGS.agent}")
     config = agents.default_config(FLAGS.agent, FLAGS.env, **overrides)
+    if config.torso == "cnn":
+        import gymnax
+
+        env, env_params = gymnax.make(FLAGS.env)
+        shape = tuple(env.observation_space(env_params).shape)
+        if len(shape) != 3:
+            raise errors.ConfigError(
+                f"--torso=cnn needs image observations [H, W, C]; --env={FLAGS.env} has "
+                f"shape {shape}"
+            )
     mesh = parallel.make_mesh(FLAGS.num_devices)
     config.validate(mesh.size)
     return config

@@ -36,6 +36,27 @@ class MLP(nn.Module):
         return nn.Dense(self.out_size, kernel_init=initializers.orthogonal(self.out_scale))(x)
 
 
+class Torso(nn.Module):
+    """Observations ``[..., *obs_shape]`` -> features ``[..., F]`` (float32).
+
+    ``"mlp"``: flatten. ``"cnn"`` (image observations ``[..., H, W, C]``): MinAtar's
+    network (Young & Tian 2019, arXiv 1903.03176): one 3x3 convolution with 16
+    channels, valid padding, ReLU, then flatten.
+    """
+
+    kind: str = "mlp"
+    obs_ndim: int = 1
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        batch_shape = obs.shape[: obs.ndim - self.obs_ndim]
+        x = obs.astype(jnp.float32)
+        if self.kind == "cnn":
+            x = x.reshape((-1,) + obs.shape[obs.ndim - self.obs_ndim:])
+            x = nn.relu(nn.Conv(16, (3, 3), padding="VALID")(x))
+        return x.reshape(batch_shape + (-1,))
+
+
 class PolicyNetwork(nn.Module):
     """Maps observations ``[..., *obs_shape]`` to distribution parameters.
 
@@ -48,10 +69,11 @@ class PolicyNetwork(nn.Module):
     discrete: bool
     activation: str = "tanh"
     obs_ndim: int = 1
+    torso: str = "mlp"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> Any:
-        x = obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,)).astype(jnp.float32)
+        x = Torso(self.torso, self.obs_ndim)(obs)
         out = MLP(self.hidden_sizes, self.action_dim, self.activation, out_scale=0.01)(x)
         if self.discrete:
             return out
@@ -65,8 +87,9 @@ class ValueNetwork(nn.Module):
     hidden_sizes: Sequence[int]
     activation: str = "tanh"
     obs_ndim: int = 1
+    torso: str = "mlp"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,)).astype(jnp.float32)
+        x = Torso(self.torso, self.obs_ndim)(obs)
         return MLP(self.hidden_sizes, 1, self.activation, out_scale=1.0)(x)[..., 0]

@@ -109,3 +109,13 @@ def test_bad_config_is_one_line_error(agent, overrides, match):
     with pytest.raises(errors.ConfigError, match=match) as info:
         make(agent, num_devices=4, **overrides)
     assert "\n" not in str(info.value)
+
+
+def test_cnn_torso_on_minatar_images():
+    learner = make("impala", env="Breakout-MinAtar", torso="cnn", hidden_sizes=(32,))
+    init_keys, train_keys = learner.seed_keys(0)
+    state, metrics = learner.update(learner.init(init_keys), train_keys)
+    assert state.params["policy"]["params"]["Torso_0"]["Conv_0"]["kernel"].shape == (1, 3, 3, 4, 16)
+    assert np.isfinite(metrics["loss/total"]).all()
+    with pytest.raises(errors.ConfigError, match="--torso=cnn needs image observations"):
+        make("a2c", torso="cnn")

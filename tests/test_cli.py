@@ -30,6 +30,8 @@ BAD_INPUTS = [
     (["--agent=a2c", "--objective=kl"], "--objective does not apply to --agent=a2c"),
     (["--agent=a2c", "--optimizer=sgd"], "--optimizer must be one of adam, rmsprop"),
     (["--agent=a2c", "--gamma=1.5"], "--gamma must be in [0, 1]"),
+    (["--torso=cnn"], "--torso=cnn needs image observations [H, W, C]; --env=CartPole-v1"),
+    (["--torso=rnn"], "--torso must be one of mlp, cnn"),
     (["--lr=-0.1"], "--lr must be > 0"),
     (["--lr=0"], "--lr must be > 0"),
     (["--total_steps=0"], "--total_steps must be > 0"),

@@ -7,6 +7,7 @@ from typing import ClassVar
 from jaxrl_dist import errors
 
 ACTIVATIONS = ("tanh", "relu")
+TORSOS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -35,6 +36,7 @@ class OnDeviceConfig:
     normalize_advantages: bool = False  # over the whole (global) batch of each gradient step
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
+    torso: str = "mlp"  # "cnn": a 3x3x16 convolution first (image observations)
 
     @property
     def steps_per_update(self) -> int:
@@ -56,6 +58,7 @@ class OnDeviceConfig:
         check_non_negative(self, "vf_coef", "ent_coef", "max_grad_norm")
         check_choice(self, "activation", ACTIVATIONS)
         check_choice(self, "optimizer", OPTIMIZERS)
+        check_choice(self, "torso", TORSOS)
         if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
             raise errors.ConfigError(
                 f"--hidden_sizes must be positive integers, got {self.hidden_sizes!r}"

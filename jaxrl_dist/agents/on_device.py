@@ -21,7 +21,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import distributions, networks, parallel, types
+from jaxrl_dist import distributions, errors, networks, parallel, types
 from jaxrl_dist.actors import rollout as rollout_lib
 from jaxrl_dist.agents import common
 from jaxrl_dist.envs import gymnax_env
@@ -78,11 +78,18 @@ class OnDeviceLearner:
         self.env = gymnax_env.GymnaxEnv(config.env, config.num_envs, env_params)
         self.dist = distributions.for_action_space(self.env.action_space)
         obs_ndim = len(self.env.obs_shape)
+        if config.torso == "cnn" and obs_ndim != 3:
+            raise errors.ConfigError(
+                f"--torso=cnn needs image observations [H, W, C]; --env={config.env} has "
+                f"shape {tuple(self.env.obs_shape)}"
+            )
         self.policy_net = networks.PolicyNetwork(
             config.hidden_sizes, self.env.action_dim, self.dist.discrete, config.activation,
-            obs_ndim=obs_ndim,
+            obs_ndim=obs_ndim, torso=config.torso,
         )
-        self.value_net = networks.ValueNetwork(config.hidden_sizes, config.activation, obs_ndim)
+        self.value_net = networks.ValueNetwork(
+            config.hidden_sizes, config.activation, obs_ndim, torso=config.torso
+        )
         self.optimizer = self._make_optimizer()
         self.state_shardings = jax.tree.map(
             lambda spec: NamedSharding(mesh, spec), STATE_SPECS,
