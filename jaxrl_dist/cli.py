@@ -65,8 +65,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
-def check_env_and_agent(agent: str, env_id: str) -> None:
-    """Raises ConfigError unless ``agent`` exists and can act in ``env_id``'s spaces."""
+def check_env_and_agent(agent: str, env_id: str) -> tuple[int, ...]:
+    """The env's observation shape; raises ConfigError unless ``agent`` can act in its spaces."""
     import gymnax
 
     from jaxrl_dist.envs import gymnax_env
@@ -78,6 +78,7 @@ def check_env_and_agent(agent: str, env_id: str) -> None:
         env, params = gymnax.make(env_id)
         action_space = type(env.action_space(params)).__name__
         obs_space = type(env.observation_space(params)).__name__
+        obs_shape = tuple(env.observation_space(params).shape)
     except Exception as e:  # noqa: BLE001 - any failure to build the env is bad input
         raise errors.ConfigError(f"--env={env_id} could not be created: {e}") from None
     if action_space not in AGENTS[agent].action_spaces:
@@ -89,6 +90,7 @@ def check_env_and_agent(agent: str, env_id: str) -> None:
         raise errors.ConfigError(
             f"--env={env_id} has a {obs_space} observation space; only Box is supported"
         )
+    return obs_shape
 
 
 def check_positive(**values) -> None:
@@ -106,7 +108,7 @@ def config_from_flags():
     """
     from jaxrl_dist import agents, parallel
 
-    check_env_and_agent(FLAGS.agent, FLAGS.env)
+    obs_shape = check_env_and_agent(FLAGS.agent, FLAGS.env)
     check_positive(
         num_envs=FLAGS.num_envs, rollout_len=FLAGS.rollout_len, total_steps=FLAGS.total_steps,
         num_epochs=FLAGS.num_epochs, num_minibatches=FLAGS.num_minibatches, lr=FLAGS.lr,
@@ -118,16 +120,11 @@ def config_from_flags():
         if name not in fields:
             raise errors.ConfigError(f"--{name} does not apply to --agent={FLAGS.agent}")
     config = agents.default_config(FLAGS.agent, FLAGS.env, **overrides)
-    if config.torso == "cnn":
-        import gymnax
-
-        env, env_params = gymnax.make(FLAGS.env)
-        shape = tuple(env.observation_space(env_params).shape)
-        if len(shape) != 3:
-            raise errors.ConfigError(
-                f"--torso=cnn needs image observations [H, W, C]; --env={FLAGS.env} has "
-                f"shape {shape}"
-            )
+    if config.torso == "cnn" and len(obs_shape) != 3:
+        raise errors.ConfigError(
+            f"--torso=cnn needs image observations [H, W, C]; --env={FLAGS.env} has "
+            f"shape {obs_shape}"
+        )
     mesh = parallel.make_mesh(FLAGS.num_devices)
     config.validate(mesh.size)
     return config

@@ -77,6 +77,7 @@ class OnDeviceConfig:
 
 
 def check_positive_ints(config, *names: str) -> None:
+    """Raises ConfigError unless each named field is an int > 0."""
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -84,6 +85,7 @@ def check_positive_ints(config, *names: str) -> None:
 
 
 def check_positive_floats(config, *names: str) -> None:
+    """Raises ConfigError unless each named field is a finite number > 0."""
     for name in names:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -91,6 +93,7 @@ def check_positive_floats(config, *names: str) -> None:
 
 
 def check_non_negative(config, *names: str) -> None:
+    """Raises ConfigError unless each named field is a finite number >= 0."""
     for name in names:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -98,6 +101,7 @@ def check_non_negative(config, *names: str) -> None:
 
 
 def check_unit_interval(config, *names: str) -> None:
+    """Raises ConfigError unless each named field is in [0, 1]."""
     for name in names:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
@@ -105,6 +109,7 @@ def check_unit_interval(config, *names: str) -> None:
 
 
 def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+    """Raises ConfigError unless field ``name`` is one of ``choices``."""
     value = getattr(config, name)
     if value not in choices:
         raise errors.ConfigError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")

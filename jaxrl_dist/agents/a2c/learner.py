@@ -35,14 +35,17 @@ class Learner(on_device.OnDeviceLearner):
         """Parameters of the behaviour policy μ for this update: the current ones."""
         return state.params
 
-    def next_agent_state(self, state: TrainState, params: types.Params) -> Any:
-        """The agent's own state after an update to ``params``."""
-        del params
+    def next_agent_state(self, state: TrainState) -> Any:
+        """The agent's own state for the next update (``state`` is this update's start)."""
         return state.agent_state
 
     def sgd_layout(self) -> tuple[int, int]:
         """``(epochs, minibatches)`` of gradient steps per rollout; A2C: one step, ``(1, 1)``."""
         return 1, 1
+
+    def _optimizer_steps(self) -> int:
+        epochs, minibatches = self.sgd_layout()
+        return self.config.num_updates * epochs * minibatches
 
     def targets(self, traj: types.Transition, log_probs, values, next_values):
         """``(pg_advantages, value_targets, metrics)``, all ``[T, B_local]``.
@@ -116,6 +119,6 @@ class Learner(on_device.OnDeviceLearner):
         metrics.update(episode_metrics)
         new_state = TrainState(
             params, opt_state, env_state, state.update_step + 1,
-            self.next_agent_state(state, params),
+            self.next_agent_state(state),
         )
         return new_state, metrics

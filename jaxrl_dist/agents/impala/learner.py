@@ -37,10 +37,6 @@ class Learner(a2c_learner.Learner):
     def sgd_layout(self) -> tuple[int, int]:
         return self.config.num_epochs, self.config.num_minibatches
 
-    def _optimizer_steps(self) -> int:
-        cfg = self.config
-        return cfg.num_updates * cfg.num_epochs * cfg.num_minibatches
-
     def _init_agent_state(self, params: types.Params):
         lag = self.config.policy_lag
         if lag == 0:
@@ -52,10 +48,9 @@ class Learner(a2c_learner.Learner):
             return state.params
         return {"policy": jax.tree.map(lambda x: x[0], state.agent_state)}
 
-    def next_agent_state(self, state: TrainState, params: types.Params):
+    def next_agent_state(self, state: TrainState):
         # At update u the buffer holds θ_{u-L}..θ_{u-1}; push θ_u (this update's
         # starting point), drop θ_{u-L}: update u+1 then acts with θ_{u+1-L}.
-        del params
         if self.config.policy_lag == 0:
             return ()
         return jax.tree.map(
