@@ -8,3 +8,7 @@ class ConfigError(ValueError):
     e.g. ``--lr must be > 0, got -1.0``. Entry points print it and exit with
     code 2 before anything is compiled.
     """
+
+
+class ActorError(RuntimeError):
+    """An actor thread failed (or stalled); the run was stopped and its threads joined."""

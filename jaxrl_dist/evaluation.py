@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrl_dist.envs import gymnax_env
 
@@ -46,3 +47,36 @@ def make_evaluator(
         return returns
 
     return jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)))
+
+
+def evaluate_on_host(
+    env: str,
+    policy_apply: Callable[[Any, jax.Array], Any],
+    mode_fn: Callable[[Any], jax.Array],
+    params: Any,
+    num_episodes: int,
+    seed: int,
+    max_steps: int | None,
+) -> np.ndarray:
+    """Greedy returns ``[num_episodes]`` (float64) of ``gymnasium:<id>`` env ``env``.
+
+    ``num_episodes`` envs (seeds ``seed + i``) each play their first episode with
+    the policy's mode action; steps are capped at ``max_steps`` (the env's time
+    limit; 100 000 when it has none).
+    """
+    from jaxrl_dist.envs import gymnasium_env
+
+    vec = gymnasium_env.VectorEnv(env, num_episodes, seed, "sync")
+    greedy = jax.jit(lambda p, o: mode_fn(policy_apply(p, o)))
+    returns = np.zeros(num_episodes)
+    finished = np.zeros(num_episodes, bool)
+    try:
+        for _ in range(max_steps or 100_000):
+            step = vec.step(np.asarray(greedy(params, vec.obs)))
+            returns += np.where(finished, 0.0, step.reward)
+            finished |= step.terminated | step.truncated
+            if finished.all():
+                break
+    finally:
+        vec.close()
+    return returns

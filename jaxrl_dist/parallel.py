@@ -31,6 +31,12 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 
+def mesh_of(device_ids) -> Mesh:
+    """A 1-D mesh ``("data",)`` over the devices with these indices in ``jax.devices()``."""
+    devices = jax.devices()
+    return Mesh(np.asarray([devices[i] for i in device_ids]), (DATA_AXIS,))
+
+
 def shard_map(fn, mesh: Mesh, in_specs, out_specs):
     """``jax.shard_map`` over ``mesh``."""
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)

@@ -32,7 +32,7 @@ def default_config(agent: str, env: str, **overrides):
     return config_module(agent).default_config(env, **overrides)
 
 
-def make_learner(config, mesh, num_seeds: int = 1, env_params=None):
-    """The learner of ``config.agent`` for ``config`` on ``mesh``."""
+def make_learner(config, mesh, num_seeds: int = 1, env_params=None, env=None):
+    """The learner of ``config.agent`` for ``config`` on ``mesh`` (``env``: see OnDeviceLearner)."""
     module = importlib.import_module(AGENTS[config.agent].package + ".learner")
-    return module.Learner(config, mesh, num_seeds, env_params)
+    return module.Learner(config, mesh, num_seeds, env_params, env=env)

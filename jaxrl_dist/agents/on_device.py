@@ -58,6 +58,9 @@ class OnDeviceLearner:
       mesh: a 1-D ``("data",)`` mesh; ``config.num_envs`` must divide across it.
       num_seeds: ``S``, independent runs vmapped in one program.
       env_params: optional gymnax ``EnvParams`` override.
+      env: optional environment description used instead of building the gymnax
+        env (host actors pass a ``gymnasium_env.EnvSpec``: only the learning
+        step, ``learn``, is then usable, not ``init``/``update``).
 
     Attributes:
       init: jitted ``(init_keys [S]) -> TrainState`` (sharded).
@@ -68,14 +71,17 @@ class OnDeviceLearner:
     """
 
     def __init__(
-        self, config: common.OnDeviceConfig, mesh, num_seeds: int = 1, env_params=None
+        self, config: common.OnDeviceConfig, mesh, num_seeds: int = 1, env_params=None,
+        env=None,
     ):
         self.config = config.validate(mesh.size)
         self.mesh = mesh
         self.num_seeds = num_seeds
         self.num_devices = mesh.size
         self.local_envs = config.num_envs // mesh.size
-        self.env = gymnax_env.GymnaxEnv(config.env, config.num_envs, env_params)
+        self.env = env if env is not None else gymnax_env.GymnaxEnv(
+            config.env, config.num_envs, env_params
+        )
         self.dist = distributions.for_action_space(self.env.action_space)
         obs_ndim = len(self.env.obs_shape)
         if config.torso == "cnn" and obs_ndim != 3:
@@ -105,6 +111,25 @@ class OnDeviceLearner:
     # ------------------------------------------------------------ to override
     def _local_update(self, state: TrainState, key: jax.Array) -> tuple[TrainState, dict]:
         """One update for one seed on this device's envs (inside shard_map and vmap)."""
+        raise NotImplementedError
+
+    def learn(self, params, opt_state, agent_state, traj: types.Transition, key, env_ids):
+        """The learning half of an update, on a trajectory from any actor.
+
+        Runs inside ``shard_map`` over the data axis (gradients averaged with
+        ``pmean``), for one seed. Shared by the on-device update (after its
+        rollout) and the host-actor learner (on a batch from the queues).
+
+        Args:
+          params, opt_state, agent_state: the learner's state before the update.
+          traj: ``Transition`` ``[T, B_local, ...]`` of this device's environments.
+          key: PRNG key of this update (the same on every device).
+          env_ids: ``[B_local]`` int32 global indices of the trajectory's environments.
+
+        Returns:
+          ``(params, opt_state, agent_state, metrics)``; metrics are scalars, already
+          averaged over the mesh.
+        """
         raise NotImplementedError
 
     def _init_agent_state(self, params: types.Params) -> Any:
@@ -167,13 +192,18 @@ class OnDeviceLearner:
         return self.config.gamma * (1.0 - traj.terminated.astype(jnp.float32))
 
     # ------------------------------------------------------------------ init
-    def _init_one(self, key: jax.Array) -> TrainState:
-        policy_key, value_key, env_key = jax.random.split(key, 3)
+    def init_params(self, key: jax.Array) -> types.Params:
+        """Fresh ``{"policy", "value"}`` parameters for one seed."""
+        policy_key, value_key, _ = jax.random.split(key, 3)
         dummy_obs = jnp.zeros(self.env.obs_shape, jnp.float32)
-        params = {
+        return {
             "policy": self.policy_net.init(policy_key, dummy_obs),
             "value": self.value_net.init(value_key, dummy_obs),
         }
+
+    def _init_one(self, key: jax.Array) -> TrainState:
+        params = self.init_params(key)
+        env_key = jax.random.split(key, 3)[2]
         env_ids = jnp.arange(self.config.num_envs)
         reset_keys = jax.vmap(jax.random.fold_in, (None, 0))(env_key, env_ids)
         return TrainState(

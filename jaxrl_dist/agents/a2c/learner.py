@@ -97,11 +97,8 @@ class Learner(on_device.OnDeviceLearner):
         metrics["opt/grad_norm"] = optax.tree.norm(grads)
         return (params, opt_state), metrics
 
-    def _local_update(self, state: TrainState, key: jax.Array):
-        key = jax.random.fold_in(key, state.update_step)
-        env_state, traj, episode_metrics = self.rollout(
-            self.acting_params(state), state.env_state, key, self.local_env_ids()
-        )
+    def learn(self, params, opt_state, agent_state, traj: types.Transition, key, env_ids):
+        del key, env_ids
         epochs, minibatches = self.sgd_layout()
         # Minibatch j holds the envs whose global index is j mod M: the same sets on any
         # number of devices (local envs per device are a multiple of M).
@@ -113,9 +110,19 @@ class Learner(on_device.OnDeviceLearner):
         )
         (params, opt_state), metrics = jax.lax.scan(
             lambda carry, _: jax.lax.scan(self._sgd_step, carry, split),
-            (state.params, state.opt_state), None, length=epochs,
+            (params, opt_state), None, length=epochs,
         )
-        metrics = jax.tree.map(jnp.mean, metrics)
+        return params, opt_state, agent_state, jax.tree.map(jnp.mean, metrics)
+
+    def _local_update(self, state: TrainState, key: jax.Array):
+        key = jax.random.fold_in(key, state.update_step)
+        env_ids = self.local_env_ids()
+        env_state, traj, episode_metrics = self.rollout(
+            self.acting_params(state), state.env_state, key, env_ids
+        )
+        params, opt_state, _, metrics = self.learn(
+            state.params, state.opt_state, state.agent_state, traj, key, env_ids
+        )
         metrics.update(episode_metrics)
         new_state = TrainState(
             params, opt_state, env_state, state.update_step + 1,

@@ -126,16 +126,9 @@ class Learner(on_device.OnDeviceLearner):
 
         return jax.tree.map(shuffle_and_cut, batch)
 
-    def _local_update(self, state: TrainState, key: jax.Array):
+    def learn(self, params, opt_state, agent_state: PPOState, traj, key, env_ids):
+        """GAE (eq. 11) on ``traj``, then epochs of minibatch SGD on eq. 7 or eq. 8."""
         cfg = self.config
-        key = jax.random.fold_in(key, state.update_step)
-        rollout_key, sgd_key = jax.random.split(key)
-        env_ids = self.local_env_ids()
-        params = state.params
-
-        env_state, traj, episode_metrics = self.rollout(
-            params, state.env_state, rollout_key, env_ids
-        )
         values, next_values = self.values_and_next_values(params, traj)
         advantages, targets = losses.gae(
             traj.reward, values, next_values, self.discounts(traj), traj.truncated,
@@ -151,16 +144,26 @@ class Learner(on_device.OnDeviceLearner):
 
         (params, opt_state, kl_beta), metrics = jax.lax.scan(
             epoch,
-            (params, state.opt_state, state.agent_state.kl_beta),
-            jax.random.split(sgd_key, cfg.num_epochs),
+            (params, opt_state, agent_state.kl_beta),
+            jax.random.split(key, cfg.num_epochs),
         )
         metrics = jax.tree.map(jnp.mean, metrics)
         if cfg.objective == "kl":
             kl_beta = losses.adapt_kl_beta(kl_beta, metrics["ppo/kl"], cfg.kl_target)
         metrics["ppo/kl_beta"] = kl_beta
         metrics["value/mean"] = parallel.pmean(jnp.mean(values))
-        metrics.update(episode_metrics)
-        new_state = TrainState(
-            params, opt_state, env_state, state.update_step + 1, PPOState(kl_beta)
+        return params, opt_state, PPOState(kl_beta), metrics
+
+    def _local_update(self, state: TrainState, key: jax.Array):
+        key = jax.random.fold_in(key, state.update_step)
+        rollout_key, sgd_key = jax.random.split(key)
+        env_ids = self.local_env_ids()
+        env_state, traj, episode_metrics = self.rollout(
+            state.params, state.env_state, rollout_key, env_ids
         )
+        params, opt_state, agent_state, metrics = self.learn(
+            state.params, state.opt_state, state.agent_state, traj, sgd_key, env_ids
+        )
+        metrics.update(episode_metrics)
+        new_state = TrainState(params, opt_state, env_state, state.update_step + 1, agent_state)
         return new_state, metrics

@@ -1,0 +1,224 @@
+"""Host actor threads (Sebulba): step a Gymnasium vector env, infer on an actor device.
+
+Each ``ActorThread`` owns one ``VectorEnv``. Before a rollout it takes
+parameters from the ``ParamServer`` (copied once per version onto its actor
+device), then for ``T`` steps runs the jitted policy on the actor device and
+steps the envs on the host. The finished ``[T, B]`` trajectory is put straight
+onto the learner mesh (``jax.device_put`` with the learner's ``NamedSharding``,
+envs split over learner devices) and handed to the learner through a bounded
+queue. Every wait (parameters, queue) has a short timeout and re-checks the
+stop event, so a stop request ends the thread within a fraction of a second.
+
+Faults: an exception raised by the environment's ``step``/``reset`` is caught;
+the vector env is re-created with a fresh seed, the partial rollout is dropped,
+the event is counted and logged, and acting goes on. Any other exception is
+fatal: it is stored in ``error``, the stop event is set and the thread ends.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxrl_dist import types
+from jaxrl_dist.actors import param_server as param_server_lib
+from jaxrl_dist.envs import gymnasium_env
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 0.1  # longest single wait before re-checking the stop event
+TIMERS = ("inference_s", "env_step_s", "actor_queue_wait_s", "transfer_s", "param_wait_s")
+
+
+class Rollout(NamedTuple):
+    """What an actor thread hands to the learner.
+
+    ``traj`` leaves are ``[T, B_thread, ...]`` on the learner mesh (env axis
+    sharded); the rest are host scalars covering this rollout.
+    """
+
+    traj: types.Transition
+    version: int  # parameter version of the behaviour policy
+    actor: int  # thread index
+    env_steps: int  # T * B_thread
+    episode_sums: tuple[float, float, int]  # finished episodes: return sum, length sum, count
+    timings: dict[str, float]  # TIMERS, seconds spent in this rollout
+    env_faults: int  # environment exceptions since the previous rollout
+
+
+class ActorSettings(NamedTuple):
+    env: str  # gymnasium:<id>
+    envs_per_thread: int
+    rollout_len: int
+    vectorization: str  # sync | async
+    deterministic: bool
+    seed: int
+
+
+def make_act_fn(policy_apply: Callable, dist, action_dim: int) -> Callable:
+    """Jitted ``(params, obs [B, ...], key) -> (action, log_prob, dist_params, next_key)``."""
+
+    def act(params, obs, key):
+        key, noise_key = jax.random.split(key)
+        dist_params = policy_apply(params, obs)
+        noise = dist.noise(noise_key, obs.shape[:1], action_dim)
+        action = dist.sample_from_noise(dist_params, noise)
+        return action, dist.log_prob(dist_params, action), dist_params, key
+
+    return jax.jit(act)
+
+
+class ActorThread(threading.Thread):
+    """One actor thread; see the module docstring.
+
+    Args:
+      index: thread index ``k`` (seeds and ordering).
+      settings: ``ActorSettings``.
+      device: the actor device inference runs on.
+      act_fn: from ``make_act_fn``.
+      params_server: where parameters come from.
+      out: bounded queue of ``Rollout`` to the learner.
+      learner_sharding: ``NamedSharding`` of a ``[T, B, ...]`` leaf on the learner mesh.
+      stop: set by anyone to stop every thread.
+      make_env: ``(settings, seed) -> VectorEnv`` (tests inject faulty envs here).
+    """
+
+    def __init__(
+        self, index: int, settings: ActorSettings, device, act_fn: Callable,
+        params_server: param_server_lib.ParamServer, out: queue.Queue, learner_sharding,
+        stop: threading.Event, make_env: Callable | None = None,
+    ):
+        super().__init__(name=f"actor-{index}", daemon=True)
+        self.index = index
+        self.settings = settings
+        self.device = device
+        self.act_fn = act_fn
+        self.params_server = params_server
+        self.out = out
+        self.learner_sharding = learner_sharding
+        self.stop = stop
+        self.make_env = make_env or (
+            lambda s, seed: gymnasium_env.VectorEnv(
+                s.env, s.envs_per_thread, seed, s.vectorization
+            )
+        )
+        self.error: BaseException | None = None
+        self.env_faults = 0
+        self.env_steps = 0
+        self._faults_unreported = 0
+
+    def _seed(self) -> int:
+        # Distinct per thread, per env (VectorEnv adds the env index) and per re-creation.
+        s = self.settings
+        return (s.seed * 1_000_003 + self.index * s.envs_per_thread
+                + self.env_faults * 7_919_993) % (2**31)
+
+    def run(self) -> None:
+        env = None
+        try:
+            env = self.make_env(self.settings, self._seed())
+            self._run(env)
+        except BaseException as e:  # noqa: BLE001 - reported to the learner, which raises
+            self.error = e
+            log.error("actor thread %d failed: %r", self.index, e)
+            self.stop.set()
+        finally:
+            if env is not None:
+                env.close()
+
+    def _params(self, rollout_index: int, timings: dict) -> tuple[int, Any] | None:
+        t0 = time.perf_counter()
+        want = max(rollout_index - 1, 0) if self.settings.deterministic else None
+        got = None
+        while got is None and not self.stop.is_set():
+            got = self.params_server.get(want, WAIT_S)
+        timings["param_wait_s"] += time.perf_counter() - t0
+        return got
+
+    def _run(self, env: gymnasium_env.VectorEnv) -> None:
+        s = self.settings
+        key = jax.device_put(
+            jax.random.fold_in(jax.random.key(s.seed), 1_000 + self.index), self.device
+        )
+        rollout_index, cached_version, params = 0, -1, None
+        while not self.stop.is_set():
+            timings = dict.fromkeys(TIMERS, 0.0)
+            got = self._params(rollout_index, timings)
+            if got is None:
+                return
+            version, published = got
+            if version != cached_version:
+                params = jax.device_put(published, self.device)
+                cached_version = version
+            steps = self._act(env, params, key, timings)
+            if steps is None:  # the env raised: re-created, rollout dropped
+                continue
+            key, columns = steps
+            t0 = time.perf_counter()
+            traj = jax.device_put(columns, self.learner_sharding)
+            timings["transfer_s"] += time.perf_counter() - t0
+            self.env_steps += s.rollout_len * s.envs_per_thread
+            rollout = Rollout(
+                traj, version, self.index, s.rollout_len * s.envs_per_thread,
+                env.pop_episode_sums(), timings, self._faults_unreported,
+            )
+            self._faults_unreported = 0
+            t0 = time.perf_counter()
+            while not self.stop.is_set():
+                try:
+                    self.out.put(rollout, timeout=WAIT_S)
+                    break
+                except queue.Full:
+                    continue
+            timings["actor_queue_wait_s"] += time.perf_counter() - t0
+            rollout_index += 1
+
+    def _act(self, env, params, key, timings):
+        """``(key, Transition of numpy [T, B, ...])``, or ``None`` if the env raised."""
+        s = self.settings
+        obs, actions, log_probs, dists = [], [], [], []
+        rewards, terminated, truncated, next_obs = [], [], [], []
+        for _ in range(s.rollout_len):
+            t0 = time.perf_counter()
+            action, log_prob, dist, key = self.act_fn(params, env.obs, key)
+            action, log_prob, dist = jax.device_get((action, log_prob, dist))
+            t1 = time.perf_counter()
+            timings["inference_s"] += t1 - t0
+            current_obs = env.obs
+            try:
+                step = env.step(np.asarray(action))
+            except Exception as e:  # noqa: BLE001 - any env failure: re-create and go on
+                self.env_faults += 1
+                self._faults_unreported += 1
+                log.warning(
+                    "actor %d: env raised %r; re-creating it (fault %d), rollout dropped",
+                    self.index, e, self.env_faults,
+                )
+                env.recreate(self._seed())
+                timings["env_step_s"] += time.perf_counter() - t1
+                return None
+            timings["env_step_s"] += time.perf_counter() - t1
+            obs.append(current_obs)
+            actions.append(action)
+            log_probs.append(log_prob)
+            dists.append(dist)
+            rewards.append(step.reward)
+            terminated.append(step.terminated)
+            truncated.append(step.truncated)
+            next_obs.append(step.next_obs)
+        columns = types.Transition(
+            obs=np.stack(obs),
+            action=np.stack(actions),
+            reward=np.stack(rewards),
+            terminated=np.stack(terminated),
+            truncated=np.stack(truncated),
+            next_obs=np.stack(next_obs),
+            behaviour_log_prob=np.stack(log_probs),
+            behaviour_dist=jax.tree.map(lambda *xs: np.stack(xs), *dists),
+        )
+        return key, columns

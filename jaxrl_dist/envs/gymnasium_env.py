@@ -1,0 +1,189 @@
+"""Gymnasium vector environments stepped on the host, for host actors (Sebulba).
+
+``--env=gymnasium:<id>`` names a Gymnasium environment; a bare id is a gymnax
+environment on device. Gymnasium 1.x vector envs auto-reset in
+``AutoresetMode.NEXT_STEP`` by default: the step after an episode ends returns
+the reset observation with reward 0 and ignores the action, a transition that
+does not exist in the MDP. We build every vector env in ``SAME_STEP`` mode
+instead: the step that ends an episode already returns the reset observation,
+and ``info["final_obs"]`` holds the true last observation, so each step is a
+real transition ``(obs, action, reward, next_obs)`` exactly as in the gymnax
+adapter: truncation bootstraps from V(next_obs), termination does not.
+"""
+
+import contextlib
+from typing import Any, NamedTuple
+
+import gymnasium
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from jaxrl_dist import errors
+
+PREFIX = "gymnasium:"
+VECTORIZATION_MODES = ("sync", "async")
+
+
+def is_gymnasium(env: str) -> bool:
+    """Whether ``env`` names a Gymnasium environment (``gymnasium:<id>``)."""
+    return env.startswith(PREFIX)
+
+
+def gymnasium_id(env: str) -> str:
+    """``CartPole-v1`` for ``gymnasium:CartPole-v1``."""
+    return env[len(PREFIX):]
+
+
+class EnvSpec(NamedTuple):
+    """What a learner needs to know of an environment (no stepping).
+
+    ``action_space`` is the Gymnasium single-env space; its class name
+    (``Discrete``/``Box``) selects the action distribution.
+    """
+
+    obs_shape: tuple[int, ...]
+    action_space: Any
+    action_dim: int  # number of actions (Discrete) or action size (Box)
+    discrete: bool
+    max_episode_steps: int | None
+
+
+def make_spec(env: str) -> EnvSpec:
+    """Builds one env of ``gymnasium:<id>`` to read its spaces.
+
+    Raises:
+      ConfigError: the id is not registered, cannot be built, or its spaces are
+        not a Box observation and a Discrete or 1-D Box action.
+    """
+    env_id = gymnasium_id(env)
+    if env_id not in gymnasium.registry:
+        known = ", ".join(sorted(k for k in gymnasium.registry if "/" not in k)[:12])
+        raise errors.ConfigError(
+            f"--env={env}: {env_id!r} is not a registered Gymnasium id (e.g. {known}, ...)"
+        )
+    try:
+        single = gymnasium.make(env_id)
+    except Exception as e:  # noqa: BLE001 - any failure to build the env is bad input
+        raise errors.ConfigError(f"--env={env} could not be created: {e}") from None
+    try:
+        obs_space, action_space = single.observation_space, single.action_space
+        max_steps = single.spec.max_episode_steps if single.spec is not None else None
+    finally:
+        single.close()
+    if type(obs_space).__name__ != "Box":
+        raise errors.ConfigError(
+            f"--env={env} has a {type(obs_space).__name__} observation space; only Box is "
+            "supported"
+        )
+    name = type(action_space).__name__
+    if name == "Discrete":
+        action_dim, discrete = int(action_space.n), True
+    elif name == "Box" and len(action_space.shape) == 1:
+        action_dim, discrete = int(action_space.shape[0]), False
+    else:
+        raise errors.ConfigError(
+            f"--env={env} has a {name} action space; Discrete or a 1-D Box is supported"
+        )
+    return EnvSpec(tuple(obs_space.shape), action_space, action_dim, discrete, max_steps)
+
+
+class Step(NamedTuple):
+    """One step of ``B`` environments (numpy, leading axis ``B``).
+
+    ``obs`` is what to act on next (after any auto-reset); ``next_obs`` is the
+    true successor of the step (``final_obs`` where an episode ended).
+    ``terminated`` and ``truncated`` are exclusive (terminated wins).
+    """
+
+    obs: np.ndarray
+    reward: np.ndarray  # float32
+    terminated: np.ndarray  # bool
+    truncated: np.ndarray  # bool
+    next_obs: np.ndarray
+
+
+class VectorEnv:
+    """``num_envs`` copies of a Gymnasium env in one vector env, ``SAME_STEP`` autoreset.
+
+    Args:
+      env: ``gymnasium:<id>``.
+      num_envs: ``B``.
+      seed: env ``i`` is reset with seed ``seed + i`` at creation.
+      vectorization: ``sync`` (in this thread) or ``async`` (one process per env).
+
+    Running episode returns and lengths are tracked here (host side);
+    ``pop_episode_sums`` hands over those of the episodes finished since the last call.
+    """
+
+    def __init__(self, env: str, num_envs: int, seed: int, vectorization: str = "sync"):
+        self.env_id = gymnasium_id(env)
+        self.num_envs = num_envs
+        self.vectorization = vectorization
+        self.spec = None
+        self._env = None
+        self._open(seed)
+
+    def _open(self, seed: int) -> None:
+        self._env = gymnasium.make_vec(
+            self.env_id, num_envs=self.num_envs, vectorization_mode=self.vectorization,
+            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        )
+        space = self._env.single_action_space
+        self._box_bounds = (
+            (space.low, space.high) if type(space).__name__ == "Box" else None
+        )
+        obs, _ = self._env.reset(seed=seed)
+        self.obs = np.asarray(obs, np.float32)
+        self._returns = np.zeros(self.num_envs, np.float64)
+        self._lengths = np.zeros(self.num_envs, np.int64)
+        self._finished = [0.0, 0.0, 0]  # return sum, length sum, count
+
+    def recreate(self, seed: int) -> None:
+        """Closes the (possibly broken) vector env and builds a fresh one reset with ``seed``.
+
+        Episodes in progress are dropped from the statistics.
+        """
+        self.close()
+        self._open(seed)
+
+    def step(self, action: np.ndarray) -> Step:
+        """Steps every env with ``action`` ``[B]`` (or ``[B, A]``, clipped to the Box bounds).
+
+        Raises whatever the environment raises; the vector env may then be broken
+        (call ``recreate``).
+        """
+        if self._box_bounds is not None:
+            action = np.clip(action, *self._box_bounds)
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        obs = np.asarray(obs, np.float32)
+        terminated = np.asarray(terminated, bool)
+        truncated = np.asarray(truncated, bool) & ~terminated
+        done = terminated | truncated
+        next_obs = obs
+        if done.any():
+            next_obs = obs.copy()
+            final = info["final_obs"]
+            for i in np.flatnonzero(done):
+                next_obs[i] = final[i]
+        reward = np.asarray(reward, np.float32)
+        self._returns += reward
+        self._lengths += 1
+        if done.any():
+            self._finished[0] += float(self._returns[done].sum())
+            self._finished[1] += float(self._lengths[done].sum())
+            self._finished[2] += int(done.sum())
+            self._returns[done] = 0.0
+            self._lengths[done] = 0
+        self.obs = obs
+        return Step(obs, reward, terminated, truncated, next_obs)
+
+    def pop_episode_sums(self) -> tuple[float, float, int]:
+        """``(return_sum, length_sum, count)`` of episodes finished since the last call."""
+        sums, self._finished = tuple(self._finished), [0.0, 0.0, 0]
+        return sums
+
+    def close(self) -> None:
+        if self._env is not None:
+            with contextlib.suppress(Exception):  # closing a broken env must not raise
+                self._env.close()
+            self._env = None

@@ -1,0 +1,373 @@
+"""The host-actor (Sebulba) run: actor threads, parameter server, learner devices.
+
+Actor threads (``actors/host_actor.py``) step Gymnasium vector envs and infer
+on actor devices; the learner (this module's loop, on the main thread) takes
+one rollout from each thread's bounded queue, runs the compiled update on the
+learner mesh and publishes the new parameters as the next version. Acting and
+learning overlap: while the learner trains on rollout ``r``, actors already
+collect rollout ``r + 1``.
+
+Stopping: Ctrl-C (``KeyboardInterrupt`` on this thread), a fatal error in any
+actor thread, or a stalled queue sets the shared stop event; every thread's
+waits time out within ``WAIT_S`` and the threads are joined; the parameters of
+the last finished update are checkpointed; the exception is re-raised so the
+entry point exits non-zero.
+"""
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrl_dist import checkpoint, errors, evaluation, parallel, writers
+from jaxrl_dist.actors import host_actor
+from jaxrl_dist.actors import param_server as param_server_lib
+from jaxrl_dist.agents import AGENTS, common, host_learner
+from jaxrl_dist.envs import gymnasium_env
+from jaxrl_dist.training import RunSettings
+
+JOIN_TIMEOUT_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSettings:
+    """How acting is laid out on the host and the devices.
+
+    ``actor_threads`` threads run per actor device, each with its own vector
+    env of ``envs_per_thread`` envs, so one update trains on
+    ``actor_threads * len(actor_devices) * envs_per_thread`` envs.
+    ``learner_devices=None``: every device not acting, or device 0 if there is one.
+    """
+
+    actor_threads: int = 2
+    envs_per_thread: int = 8
+    vectorization: str = "sync"
+    deterministic: bool = False
+    actor_devices: tuple[int, ...] = (0,)
+    learner_devices: tuple[int, ...] | None = None
+    queue_size: int = 1
+    stall_timeout_s: float = 120.0  # the learner gives up on an actor silent this long
+
+    @property
+    def num_threads(self) -> int:
+        return self.actor_threads * len(self.actor_devices)
+
+    @property
+    def num_envs(self) -> int:
+        return self.num_threads * self.envs_per_thread
+
+    def resolve(self, num_devices: int) -> "HostSettings":
+        """Fills in ``learner_devices`` and checks every value.
+
+        Raises:
+          ConfigError: a one-line message naming the flag.
+        """
+        for name in ("actor_threads", "envs_per_thread", "queue_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise errors.ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        if self.vectorization not in gymnasium_env.VECTORIZATION_MODES:
+            raise errors.ConfigError(
+                f"--vectorization must be one of {', '.join(gymnasium_env.VECTORIZATION_MODES)}"
+                f", got {self.vectorization!r}"
+            )
+        learner_devices = self.learner_devices
+        if learner_devices is None:
+            rest = tuple(i for i in range(num_devices) if i not in self.actor_devices)
+            learner_devices = rest or (0,)
+        for name, ids in (("actor_devices", self.actor_devices),
+                          ("learner_devices", learner_devices)):
+            if not ids or any(not 0 <= i < num_devices for i in ids) or len(set(ids)) != len(ids):
+                raise errors.ConfigError(
+                    f"--{name} must be distinct device indices in 0..{num_devices - 1}, "
+                    f"got {','.join(map(str, ids)) or 'none'}"
+                )
+        if self.envs_per_thread % len(learner_devices):
+            raise errors.ConfigError(
+                f"--envs_per_thread={self.envs_per_thread} must be divisible by the number of "
+                f"learner devices ({len(learner_devices)})"
+            )
+        return dataclasses.replace(self, learner_devices=tuple(learner_devices))
+
+
+def host_config(config: common.OnDeviceConfig, host: HostSettings):
+    """``config`` for host actors: ``num_envs`` from the actor layout, no simulated lag."""
+    changes: dict[str, Any] = {"num_envs": host.num_envs}
+    if hasattr(config, "policy_lag"):
+        changes["policy_lag"] = 0  # the lag is real here (measured, not simulated)
+    return dataclasses.replace(config, **changes)
+
+
+def _trajectory_shapes(learner, spec, act_fn, state, rollout_len, envs_per_thread):
+    """``ShapeDtypeStruct`` pytree of one thread's ``Transition`` on the learner mesh."""
+    from jaxrl_dist import types
+
+    obs = jax.ShapeDtypeStruct((envs_per_thread, *spec.obs_shape), np.float32)
+    action, log_prob, dist, _ = jax.eval_shape(
+        act_fn, state.params, obs, jax.random.key(0)
+    )
+
+    def timed(x, dtype=None):
+        return jax.ShapeDtypeStruct(
+            (rollout_len, *x.shape), dtype or x.dtype, sharding=learner.traj_sharding
+        )
+
+    column = jax.ShapeDtypeStruct((envs_per_thread,), np.float32)
+    return types.Transition(
+        obs=timed(obs), action=timed(action), reward=timed(column),
+        terminated=timed(column, np.bool_), truncated=timed(column, np.bool_),
+        next_obs=timed(obs), behaviour_log_prob=timed(log_prob),
+        behaviour_dist=jax.tree.map(timed, dist),
+    )
+
+
+class _Interval:
+    """Host-side sums over the updates between two log points."""
+
+    def __init__(self):
+        self.lags: list[int] = []
+        self.episodes = [0.0, 0.0, 0]
+        self.timings = dict.fromkeys(
+            (*host_actor.TIMERS, "learner_queue_wait_s", "update_s"), 0.0
+        )
+        self.metrics: list[dict] = []
+        self.env_steps = 0
+
+    def add_rollout(self, rollout: host_actor.Rollout, version: int) -> None:
+        self.lags.append(version - rollout.version)
+        for i, value in enumerate(rollout.episode_sums):
+            self.episodes[i] += value
+        for name, value in rollout.timings.items():
+            self.timings[name] += value
+        self.env_steps += rollout.env_steps
+
+
+def _get_rollout(q: queue.Queue, stop: threading.Event, threads, index: int, stall_s: float):
+    t0 = time.perf_counter()
+    while True:
+        try:
+            return q.get(timeout=host_actor.WAIT_S)
+        except queue.Empty:
+            pass
+        if stop.is_set() or not threads[index].is_alive():
+            for thread in threads:
+                if thread.error is not None:
+                    raise errors.ActorError(
+                        f"actor thread {thread.index} failed: {thread.error!r}"
+                    ) from thread.error
+            raise errors.ActorError(f"actor thread {index} stopped without a rollout")
+        if time.perf_counter() - t0 > stall_s:
+            raise errors.ActorError(
+                f"no rollout from actor thread {index} in {stall_s:.0f}s (stalled env?)"
+            )
+
+
+def train_host(
+    config: common.OnDeviceConfig,
+    settings: RunSettings,
+    host: HostSettings,
+    workdir: str | None = None,
+    progress: Callable[[str], None] = print,
+    make_env: Callable | None = None,
+) -> dict[str, Any]:
+    """Trains ``config.agent`` on ``config.env`` (``gymnasium:<id>``) with host actors.
+
+    Args:
+      config: the agent's config; ``num_envs`` is replaced by the actor layout's.
+      settings: seed, evaluation and logging settings (``num_seeds`` must be 1).
+      host: the actor/learner layout.
+      workdir: where metrics.jsonl, config.json, checkpoint/ and the plot go.
+      progress: receives one-line progress messages.
+      make_env: ``(ActorSettings, seed) -> VectorEnv``-like factory (tests).
+
+    Returns:
+      A summary dict as ``training.train``'s, plus ``actor_env_steps`` (all
+      steps the actors took), ``env_faults`` and ``policy_lag/*``.
+
+    Raises:
+      ConfigError: bad settings (before anything compiles).
+      ActorError: an actor thread failed or stalled (threads joined, checkpoint saved).
+      KeyboardInterrupt: on Ctrl-C (threads joined, checkpoint saved).
+    """
+    t_start = time.time()
+    if settings.num_seeds != 1:
+        raise errors.ConfigError(
+            f"--num_seeds must be 1 with host actors (--env={config.env}), got {settings.num_seeds}"
+        )
+    host = host.resolve(jax.device_count())
+    config = host_config(config, host).validate(len(host.learner_devices))
+    spec = gymnasium_env.make_spec(config.env)
+    mesh = parallel.mesh_of(host.learner_devices)
+    learner = host_learner.HostLearner(config, mesh, spec)
+    agent = learner.agent
+    devices = jax.devices()
+    actor_devices = [devices[i] for i in host.actor_devices]
+    num_updates = config.num_updates
+    log_every = max(1, num_updates // max(1, settings.log_points))
+    writer = writers.MetricsWriter(workdir) if workdir else None
+    if workdir:
+        writers.write_config(
+            workdir, config, agent=config.agent, acting="host", **dataclasses.asdict(settings),
+            **{f"host_{k}": v for k, v in dataclasses.asdict(host).items()},
+            backend=jax.default_backend(),
+        )
+
+    init_key, train_key = jax.random.split(jax.random.key(settings.seed))
+    state = learner.init(init_key)
+    act_fn = host_actor.make_act_fn(agent.policy, agent.dist, spec.action_dim)
+
+    t_compile = time.time()
+    shapes = _trajectory_shapes(
+        learner, spec, act_fn, state, config.rollout_len, host.envs_per_thread
+    )
+    update = learner.update.lower(state, (shapes,) * host.num_threads, train_key).compile()
+    for device in actor_devices:  # compile (and cache) inference on each actor device
+        jax.block_until_ready(act_fn(
+            jax.device_put(state.params, device),
+            jax.device_put(np.zeros((host.envs_per_thread, *spec.obs_shape), np.float32), device),
+            jax.device_put(jax.random.key(0), device),
+        ))
+    compile_s = time.time() - t_compile
+    progress(
+        f"compiled in {compile_s:.1f}s: {num_updates} updates of {config.steps_per_update} env "
+        f"steps; {host.num_threads} actor thread(s) x {host.envs_per_thread} envs on device(s) "
+        f"{list(host.actor_devices)}, learner on {list(host.learner_devices)}"
+    )
+
+    server = param_server_lib.ParamServer(keep=2)
+    server.publish(0, state.params)
+    stop = threading.Event()
+    queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
+    actor_settings = host_actor.ActorSettings(
+        config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
+        host.deterministic, settings.seed,
+    )
+    threads = [
+        host_actor.ActorThread(
+            k, actor_settings, actor_devices[k // host.actor_threads], act_fn, server,
+            queues[k], learner.traj_sharding, stop, make_env,
+        )
+        for k in range(host.num_threads)
+    ]
+    history: list[dict] = []
+    lags_all: list[int] = []
+    finished = False
+    t_train = time.time()
+    for thread in threads:
+        thread.start()
+    try:
+        interval = _Interval()
+        t_last_log, t_last_print = t_train, 0.0
+        for u in range(num_updates):
+            t0 = time.perf_counter()
+            rollouts = [
+                _get_rollout(queues[k], stop, threads, k, host.stall_timeout_s)
+                for k in range(host.num_threads)
+            ]
+            t1 = time.perf_counter()
+            state, metrics = update(state, tuple(r.traj for r in rollouts), train_key)
+            server.publish(u + 1, state.params)
+            jax.block_until_ready(metrics)
+            interval.timings["learner_queue_wait_s"] += t1 - t0
+            interval.timings["update_s"] += time.perf_counter() - t1
+            for r in rollouts:
+                interval.add_rollout(r, u)
+            interval.metrics.append(metrics)
+            if (u + 1) % log_every and u + 1 < num_updates:
+                continue
+            now = time.time()
+            record = _record(
+                interval, threads, (u + 1) * config.steps_per_update, now - t_start,
+                now - t_last_log,
+            )
+            lags_all.extend(interval.lags)
+            interval, t_last_log = _Interval(), now
+            history.append(record)
+            if writer:
+                writer.write(record)
+            if now - t_last_print >= settings.progress_every_s or u + 1 == num_updates:
+                t_last_print = now
+                progress(
+                    f"env_steps {record['env_steps']:>10d} | sps {record['sps']:>9.0f} | "
+                    f"return {record['train/episode_return']:8.2f} | lag "
+                    f"{record['policy_lag/mean']:.2f} | wall {now - t_start:6.1f}s"
+                )
+        finished = True
+    finally:
+        stop.set()
+        server.close()
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT_S)
+        if not finished and workdir:
+            # The last finished update's parameters: a consistent, loadable checkpoint.
+            checkpoint.save_params(os.path.join(workdir, "checkpoint"), state.params)
+            if writer:
+                writer.close()
+    train_s = time.time() - t_train
+    env_steps = num_updates * config.steps_per_update
+
+    eval_returns = evaluation.evaluate_on_host(
+        config.env, agent.policy, agent.dist.mode, jax.device_get(state.params),
+        settings.eval_episodes, settings.seed + 2**30, spec.max_episode_steps,
+    )
+    params = jax.device_get(state.params)
+    summary = {
+        "env_steps": env_steps,
+        "actor_env_steps": sum(t.env_steps for t in threads),
+        "wall_s": time.time() - t_start,
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "sps": env_steps / train_s,
+        "eval/episode_return": float(eval_returns.mean()),
+        "eval/episode_return_per_seed": eval_returns.mean(keepdims=True),
+        "eval/episode_return_std_over_seeds": 0.0,
+        "env_faults": sum(t.env_faults for t in threads),
+        "policy_lag/min": int(min(lags_all)),
+        "policy_lag/mean": float(np.mean(lags_all)),
+        "policy_lag/max": int(max(lags_all)),
+        "params_sha256": checkpoint.params_sha256(params),
+    }
+    progress(
+        f"done: {env_steps} env steps in {train_s:.1f}s ({summary['sps']:.0f} sps) + "
+        f"{compile_s:.1f}s compile | policy lag mean {summary['policy_lag/mean']:.2f} | "
+        f"env faults {summary['env_faults']} | greedy eval return "
+        f"{summary['eval/episode_return']:.1f}"
+    )
+    if writer:
+        writer.write(summary)
+        writer.close()
+        checkpoint.save_params(os.path.join(workdir, "checkpoint"), params)
+        steps = np.array([h["env_steps"] for h in history])
+        curve = np.array([[h["train/episode_return"]] for h in history])
+        title = f"{AGENTS[config.agent].title} on {config.env} (host actors)"
+        writers.plot_learning_curve(workdir, steps, curve, title)
+    return dict(summary, **{"eval/returns": eval_returns[None], "params": params,
+                            "history": history, "state": state})
+
+
+def _record(interval: _Interval, threads, env_steps: int, wall_s: float, dt: float) -> dict:
+    host_metrics = jax.device_get(interval.metrics)
+    returns, lengths, count = interval.episodes
+    record = {
+        "env_steps": env_steps,
+        "actor_env_steps": sum(t.env_steps for t in threads),
+        "wall_s": wall_s,
+        "sps": interval.env_steps / dt,
+        "train/episode_return": returns / count if count else float("nan"),
+        "train/episode_length": lengths / count if count else float("nan"),
+        "train/episodes": count,
+        "policy_lag/min": int(min(interval.lags)),
+        "policy_lag/mean": float(np.mean(interval.lags)),
+        "policy_lag/max": int(max(interval.lags)),
+        "env_faults": sum(t.env_faults for t in threads),
+        **{f"time/{k}": v for k, v in interval.timings.items()},
+    }
+    for name in host_metrics[0]:
+        record[name] = float(np.mean([m[name] for m in host_metrics]))
+    return record
