@@ -26,6 +26,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    # Before any jax call: jax logs backend probing (and orbax each save step) at INFO.
+    logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
     t0 = time.time()
@@ -38,7 +40,6 @@ def main(argv):
 
     from jaxrl_dist import training
 
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     cli.enable_compilation_cache(FLAGS.compilation_cache, None)
     settings = training.RunSettings(
         seed=FLAGS.seed, num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,

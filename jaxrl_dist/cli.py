@@ -19,13 +19,27 @@ CONFIG_FLAGS = (
     "objective", "policy_lag", "optimizer", "ent_coef", "gamma", "torso",
 )
 
+# Flags of the host-actor layout (``host_training.HostSettings``); only with gymnasium:<id>.
+HOST_FLAGS = (
+    "actor_threads", "envs_per_thread", "vectorization", "deterministic", "actor_devices",
+    "learner_devices", "queue_size",
+)
+HOST_INSTEAD = {
+    "num_envs": "set --actor_threads and --envs_per_thread",
+    "policy_lag": "the lag is real there and is measured (--deterministic pins it to 1)",
+    "num_devices": "set --actor_devices and --learner_devices",
+}
+
 FLAGS = flags.FLAGS
 
 
 def define_agent_flags() -> None:
     """Flags shared by train.py and benchmark.py. Unset hyperparameters take per-env defaults."""
     flags.DEFINE_string("agent", "ppo", f"Agent: one of {', '.join(AGENTS)}.")
-    flags.DEFINE_string("env", "CartPole-v1", "A gymnax environment id.")
+    flags.DEFINE_string(
+        "env", "CartPole-v1",
+        "A gymnax id (on-device envs), or gymnasium:<id> (host actor threads).",
+    )
     flags.DEFINE_integer("num_envs", None, "Global number of environments (split over devices).")
     flags.DEFINE_integer("rollout_len", None, "Steps per env per update (T).")
     flags.DEFINE_integer("total_steps", None, "Environment steps per seed.")
@@ -40,6 +54,25 @@ def define_agent_flags() -> None:
     flags.DEFINE_float("ent_coef", None, "Entropy bonus coefficient.")
     flags.DEFINE_float("gamma", None, "Discount factor.")
     flags.DEFINE_string("torso", None, "mlp, or cnn (a 3x3x16 conv first; image observations).")
+    flags.DEFINE_integer(
+        "actor_threads", None, "Host actors: actor threads per actor device (default 2)."
+    )
+    flags.DEFINE_integer(
+        "envs_per_thread", None, "Host actors: envs in each thread's vector env (default 8)."
+    )
+    flags.DEFINE_string(
+        "vectorization", None, "Host actors: sync or async Gymnasium vector env (default sync)."
+    )
+    flags.DEFINE_bool(
+        "deterministic", None,
+        "Host actors: rollout r acts with parameter version r-1 exactly (reproducible).",
+    )
+    flags.DEFINE_list("actor_devices", None, "Host actors: device indices for inference (0).")
+    flags.DEFINE_list(
+        "learner_devices", None,
+        "Host actors: device indices of the learner mesh (default: the non-actor devices).",
+    )
+    flags.DEFINE_integer("queue_size", None, "Host actors: rollouts queued per thread (1).")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("num_seeds", 1, "Independent runs vmapped in one program.")
     flags.DEFINE_integer("num_devices", None, "Devices in the data-parallel mesh (default: all).")
@@ -66,13 +99,32 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def check_env_and_agent(agent: str, env_id: str) -> tuple[int, ...]:
-    """The env's observation shape; raises ConfigError unless ``agent`` can act in its spaces."""
+    """The env's observation shape; raises ConfigError unless ``agent`` can act in its spaces.
+
+    ``env_id`` is a gymnax id, or ``gymnasium:<id>`` for a Gymnasium env.
+    """
+    if agent not in AGENTS:
+        raise errors.ConfigError(f"--agent must be one of {', '.join(AGENTS)}, got {agent!r}")
+    from jaxrl_dist.envs import gymnasium_env
+
+    if gymnasium_env.is_gymnasium(env_id):
+        spec = gymnasium_env.make_spec(env_id)
+        action_space, obs_shape = type(spec.action_space).__name__, spec.obs_shape
+    else:
+        action_space, obs_shape = _gymnax_spaces(env_id)
+    if action_space not in AGENTS[agent].action_spaces:
+        raise errors.ConfigError(
+            f"--agent={agent} acts in {' or '.join(AGENTS[agent].action_spaces)} action spaces; "
+            f"--env={env_id} has {action_space}"
+        )
+    return obs_shape
+
+
+def _gymnax_spaces(env_id: str) -> tuple[str, tuple[int, ...]]:
     import gymnax
 
     from jaxrl_dist.envs import gymnax_env
 
-    if agent not in AGENTS:
-        raise errors.ConfigError(f"--agent must be one of {', '.join(AGENTS)}, got {agent!r}")
     gymnax_env.check_env_id(env_id)
     try:
         env, params = gymnax.make(env_id)
@@ -81,16 +133,11 @@ def check_env_and_agent(agent: str, env_id: str) -> tuple[int, ...]:
         obs_shape = tuple(env.observation_space(params).shape)
     except Exception as e:  # noqa: BLE001 - any failure to build the env is bad input
         raise errors.ConfigError(f"--env={env_id} could not be created: {e}") from None
-    if action_space not in AGENTS[agent].action_spaces:
-        raise errors.ConfigError(
-            f"--agent={agent} acts in {' or '.join(AGENTS[agent].action_spaces)} action spaces; "
-            f"--env={env_id} has {action_space}"
-        )
     if obs_space != "Box":
         raise errors.ConfigError(
             f"--env={env_id} has a {obs_space} observation space; only Box is supported"
         )
-    return obs_shape
+    return action_space, obs_shape
 
 
 def check_positive(**values) -> None:
@@ -100,13 +147,47 @@ def check_positive(**values) -> None:
             raise errors.ConfigError(f"--{name} must be > 0, got {value}")
 
 
+def _device_ids(name: str) -> tuple[int, ...] | None:
+    values = FLAGS[name].value
+    if values is None:
+        return None
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise errors.ConfigError(
+            f"--{name} must be comma-separated device indices, got {','.join(values)!r}"
+        ) from None
+
+
+def host_settings_from_flags():
+    """``HostSettings`` from the host-actor flags (validated against the local devices).
+
+    Raises:
+      ConfigError: a bad value.
+    """
+    import jax
+
+    from jaxrl_dist import host_training
+
+    values = {name: FLAGS[name].value for name in HOST_FLAGS if FLAGS[name].value is not None}
+    for name in ("actor_devices", "learner_devices"):
+        if name in values:
+            values[name] = _device_ids(name)
+    return host_training.HostSettings(**values).resolve(jax.device_count())
+
+
 def config_from_flags():
     """The validated config of ``--agent`` from flags over the env's defaults.
 
+    With ``--env=gymnasium:<id>`` (host actors) ``num_envs`` comes from the actor
+    layout; use ``host_settings_from_flags`` for the layout itself.
+
     Raises:
-      ConfigError: any bad value, or a flag that does not apply to the agent.
+      ConfigError: any bad value, or a flag that does not apply to the agent or
+        to the acting path.
     """
     from jaxrl_dist import agents, parallel
+    from jaxrl_dist.envs import gymnasium_env
 
     obs_shape = check_env_and_agent(FLAGS.agent, FLAGS.env)
     check_positive(
@@ -114,6 +195,25 @@ def config_from_flags():
         num_epochs=FLAGS.num_epochs, num_minibatches=FLAGS.num_minibatches, lr=FLAGS.lr,
         num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
     )
+    host = gymnasium_env.is_gymnasium(FLAGS.env)
+    if host:
+        for name in ("num_envs", "policy_lag", "num_devices"):
+            if FLAGS[name].value is not None:
+                raise errors.ConfigError(
+                    f"--{name} does not apply to host actors (--env={FLAGS.env}); "
+                    + HOST_INSTEAD[name]
+                )
+        if FLAGS.num_seeds != 1:
+            raise errors.ConfigError(
+                f"--num_seeds must be 1 with host actors (--env={FLAGS.env}), "
+                f"got {FLAGS.num_seeds}"
+            )
+    else:
+        for name in HOST_FLAGS:
+            if FLAGS[name].value is not None:
+                raise errors.ConfigError(
+                    f"--{name} applies only to host actors (--env=gymnasium:<id>)"
+                )
     overrides = {name: FLAGS[name].value for name in CONFIG_FLAGS if FLAGS[name].value is not None}
     fields = {f.name for f in dataclasses.fields(agents.default_config(FLAGS.agent, FLAGS.env))}
     for name in overrides:
@@ -125,6 +225,11 @@ def config_from_flags():
             f"--torso=cnn needs image observations [H, W, C]; --env={FLAGS.env} has "
             f"shape {obs_shape}"
         )
+    if host:
+        from jaxrl_dist import host_training
+
+        layout = host_settings_from_flags()
+        return host_training.host_config(config, layout).validate(len(layout.learner_devices))
     mesh = parallel.make_mesh(FLAGS.num_devices)
     config.validate(mesh.size)
     return config

@@ -126,8 +126,10 @@ MINATAR_ENVS = (
 def make_default_config(config_cls, env_defaults: dict[str, dict], env: str, **overrides):
     """``config_cls`` with ``env_defaults[env]`` (or the class defaults) and ``overrides``.
 
-    ``None`` overrides are ignored (an unset flag).
+    ``None`` overrides are ignored (an unset flag). ``gymnasium:<id>`` takes the
+    defaults of the gymnax ``<id>`` unless it has its own entry.
     """
-    values = dict(env_defaults.get(env, {}), env=env)
+    key = env if env in env_defaults else env.removeprefix("gymnasium:")
+    values = dict(env_defaults.get(key, {}), env=env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return config_cls(**values)

@@ -1,0 +1,202 @@
+"""Host actors (Sebulba): layout on a mesh, determinism, faults, interrupts, learning.
+
+The suite forces 4 CPU devices (conftest.py), so actor and learner devices can
+be distinct here exactly as on a GPU machine.
+"""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import gymnasium
+import jax
+import numpy as np
+import pytest
+from gymnasium.envs.classic_control import CartPoleEnv
+
+from jaxrl_dist import agents, checkpoint, errors, host_training, training
+from jaxrl_dist.envs import gymnasium_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9)
+
+
+def small_config(agent, **overrides):
+    values = dict(rollout_len=16, total_steps=6 * 16 * 5)
+    if agent == "ppo":
+        values.update(num_minibatches=2, num_epochs=2)
+    values.update(overrides)
+    return agents.default_config(agent, "gymnasium:CartPole-v1", **values)
+
+
+def live_actor_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("actor-") and t.is_alive()]
+
+
+@pytest.mark.parametrize("agent", ["ppo", "impala"])
+def test_one_actor_device_three_learner_devices_keep_identical_params(agent, tmp_path):
+    host = host_training.HostSettings(
+        actor_threads=2, envs_per_thread=3, actor_devices=(0,)
+    )
+    summary = host_training.train_host(
+        small_config(agent), QUIET, host, str(tmp_path), progress=lambda s: None
+    )
+    state = summary["state"]
+    assert int(state.update_step) == 5
+    for leaf in jax.tree.leaves(state.params):
+        shards = leaf.addressable_shards
+        assert sorted(s.device.id for s in shards) == [1, 2, 3]
+        for shard in shards[1:]:
+            np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(shards[0].data))
+    assert summary["env_steps"] == 5 * 6 * 16
+    assert summary["actor_env_steps"] >= summary["env_steps"]
+    assert 0 <= summary["policy_lag/min"] <= summary["policy_lag/max"] <= 2
+    assert not live_actor_threads()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for name in ("sps", "policy_lag/mean", "time/inference_s", "time/env_step_s",
+                 "time/actor_queue_wait_s", "time/learner_queue_wait_s", "time/transfer_s",
+                 "time/update_s", "env_faults", "loss/total"):
+        assert name in lines[0], name
+    assert lines[-1]["params_sha256"] == checkpoint.params_sha256(
+        checkpoint.load_params(str(tmp_path / "checkpoint"))
+    )
+
+
+def test_deterministic_mode_reproduces_the_run_and_pins_the_lag_to_one():
+    host = host_training.HostSettings(
+        actor_threads=2, envs_per_thread=3, actor_devices=(0,), learner_devices=(1, 2, 3),
+        deterministic=True,
+    )
+    config = small_config("impala", total_steps=6 * 16 * 6)
+    runs = [
+        host_training.train_host(config, QUIET, host, None, progress=lambda s: None)
+        for _ in range(2)
+    ]
+    assert runs[0]["params_sha256"] == runs[1]["params_sha256"]
+    # Update 0 trains on version-0 data (lag 0); update u >= 1 on version u - 1.
+    assert runs[0]["policy_lag/min"] == 0 and runs[0]["policy_lag/max"] == 1
+    assert runs[0]["policy_lag/mean"] == pytest.approx(5 / 6)
+
+
+class FlakyCartPole(CartPoleEnv):
+    """CartPole whose step raises on the 40th and 150th step taken by any instance."""
+
+    counter = itertools.count(1)
+    lock = threading.Lock()
+
+    def step(self, action):
+        with self.lock:
+            n = next(self.counter)
+        if n in (40, 150):
+            raise RuntimeError(f"simulated simulator crash at global step {n}")
+        return super().step(action)
+
+
+gymnasium.register(
+    id="JaxrlDistTest/FlakyCartPole-v0", entry_point=FlakyCartPole, max_episode_steps=500
+)
+
+
+def test_a_crashing_env_is_recreated_counted_and_training_goes_on(tmp_path):
+    FlakyCartPole.counter = itertools.count(1)
+    host = host_training.HostSettings(actor_threads=2, envs_per_thread=3, learner_devices=(0,))
+    config = agents.default_config(
+        "ppo", "gymnasium:JaxrlDistTest/FlakyCartPole-v0", rollout_len=16,
+        total_steps=6 * 16 * 8, num_minibatches=2, num_epochs=1,
+    )
+    summary = host_training.train_host(
+        config, QUIET, host, str(tmp_path), progress=lambda s: None
+    )
+    assert summary["env_faults"] == 2
+    assert summary["env_steps"] == 6 * 16 * 8
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-2])["env_faults"] == 2
+    assert not live_actor_threads()
+
+
+class WrongShapeEnv(gymnasium_env.VectorEnv):
+    """Observations of the wrong shape: the policy network rejects them (a fatal bug)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.obs = np.zeros((self.num_envs, 7), np.float32)
+
+
+def test_a_fatal_actor_error_stops_the_run_joins_threads_and_keeps_a_checkpoint(tmp_path):
+    host = host_training.HostSettings(actor_threads=2, envs_per_thread=2, learner_devices=(0,))
+    t0 = time.perf_counter()
+    with pytest.raises(errors.ActorError, match="actor thread 0 failed"):
+        host_training.train_host(
+            small_config("a2c", total_steps=10**6), QUIET, host, str(tmp_path),
+            progress=lambda s: None,
+            make_env=lambda s, seed: WrongShapeEnv(s.env, s.envs_per_thread, seed),
+        )
+    assert time.perf_counter() - t0 < 60
+    assert not live_actor_threads()
+    params = checkpoint.load_params(str(tmp_path / "checkpoint"))
+    assert set(params) == {"policy", "value"}
+
+
+class StallingEnv(gymnasium_env.VectorEnv):
+    """Its 5th step hangs for 3 s (a stuck simulator)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.calls = 0
+
+    def step(self, action):
+        self.calls += 1
+        if self.calls == 5:
+            time.sleep(3.0)
+        return super().step(action)
+
+
+def test_a_stalled_actor_is_an_error_not_a_hang():
+    host = host_training.HostSettings(
+        actor_threads=1, envs_per_thread=2, learner_devices=(0,), stall_timeout_s=1.0
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(errors.ActorError, match="no rollout from actor thread 0 in 1s"):
+        host_training.train_host(
+            small_config("a2c", rollout_len=4, total_steps=10**6), QUIET, host, None,
+            progress=lambda s: None,
+            make_env=lambda s, seed: StallingEnv(s.env, s.envs_per_thread, seed),
+        )
+    assert time.perf_counter() - t0 < 60
+    assert not live_actor_threads()
+
+
+def test_ctrl_c_stops_within_ten_seconds_with_a_checkpoint_and_nonzero_exit(tmp_path):
+    workdir = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "experiments", "train.py"), "--agent=ppo",
+         "--env=gymnasium:CartPole-v1", "--total_steps=100000000", f"--workdir={workdir}",
+         "--compilation_cache=", "--log_points=100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("env_steps"):
+                break
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=10)
+        stopped_s = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read()
+    assert rc == 130, stderr
+    assert stopped_s < 10
+    assert "interrupted" in stderr and "actor threads joined" in stderr
+    params = checkpoint.load_params(str(workdir / "checkpoint"))
+    assert set(params) == {"policy", "value"}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
