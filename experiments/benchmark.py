@@ -3,6 +3,11 @@
     python experiments/benchmark.py                               # PureJaxRL's CartPole config
     python experiments/benchmark.py --num_envs=2048 --rollout_len=16
     python experiments/benchmark.py --agent=impala      # also: --agent=a2c
+    python experiments/benchmark.py --env=gymnasium:CartPole-v1 --envs_per_thread=64
+
+Host actors (--env=gymnasium:<id>): training steps/s is reported beside the raw
+rate of the same vector envs stepped with random actions by the same threads
+(no inference, no learning), and their ratio.
 
 Compiles first (timed as compile_s), then times the training run through the
 same host loop as experiments/train.py. Prints a table and, as its last line,
@@ -12,6 +17,7 @@ compile_s is a cold compile.
 """
 
 import json
+import os
 import platform
 import resource
 import time
@@ -21,6 +27,9 @@ from absl import app, flags, logging
 from jaxrl_dist import cli, errors
 
 cli.define_agent_flags()
+flags.DEFINE_float(
+    "raw_seconds", 5.0, "Host actors: seconds of random-action stepping for the raw rate."
+)
 flags.DEFINE_integer("repeats", 1, "Timed runs; the best sps is reported (each run recompiles).")
 FLAGS = flags.FLAGS
 
@@ -33,6 +42,7 @@ def main(argv):
     t0 = time.time()
     try:
         config = cli.config_from_flags()
+        host = cli.host_settings_from_flags() if FLAGS.env.startswith("gymnasium:") else None
         cli.check_positive(repeats=FLAGS.repeats)
     except errors.ConfigError as e:
         cli.fail(str(e))
@@ -45,6 +55,8 @@ def main(argv):
         seed=FLAGS.seed, num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
         eval_episodes=1, log_points=20, progress_every_s=1e9,
     )
+    if host is not None:
+        return benchmark_host(config, settings, host, t0)
     runs = []
     for _ in range(FLAGS.repeats):
         t_run = time.time()
@@ -70,12 +82,7 @@ def main(argv):
         "final_train_return": best["history"][-1]["train/episode_return"],
         "eval_return": best["eval/episode_return"],
         "num_devices": settings.num_devices or jax.device_count(),
-        "backend": jax.default_backend(),
-        "device_kind": jax.devices()[0].device_kind,
-        "cpu_count": __import__("os").cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "jax_version": jax.__version__,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **machine_fields(),
     }
     rows = [
         ("config", f"{FLAGS.agent}: {config.num_envs} envs x {config.rollout_len} steps, "
@@ -88,12 +95,83 @@ def main(argv):
         ("devices", f"{result['num_devices']} x {result['backend']}"),
         ("peak RSS (MB)", f"{result['peak_rss_mb']}"),
     ]
+    print_table(rows, result)
+
+
+def machine_fields() -> dict:
+    import jax
+
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "jax_version": jax.__version__,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def print_table(rows, result) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'metric':<{width}} | value")
     print(f"{'-' * width}-|-{'-' * 40}")
     for name, value in rows:
         print(f"{name:<{width}} | {value}")
     print(json.dumps(result), flush=True)
+
+
+def benchmark_host(config, settings, host, t0) -> None:
+    """Host actors: training sps beside the raw random-action rate of the same vector envs."""
+    from jaxrl_dist import host_training
+    from jaxrl_dist.envs import gymnasium_env
+
+    runs = []
+    for _ in range(FLAGS.repeats):
+        runs.append(host_training.train_host(config, settings, host, None, lambda s: None))
+    best = max(runs, key=lambda r: r["sps"])
+    raw = gymnasium_env.random_action_sps(
+        config.env, host.num_threads, host.envs_per_thread, host.vectorization,
+        FLAGS.raw_seconds, FLAGS.seed,
+    )
+    stages = {
+        k.removeprefix("time/"): round(sum(h[k] for h in best["history"]), 2)
+        for k in best["history"][0] if k.startswith("time/")
+    }
+    result = {
+        "agent": FLAGS.agent,
+        "env": config.env,
+        "acting": "host",
+        "actor_threads": host.num_threads,
+        "envs_per_thread": host.envs_per_thread,
+        "vectorization": host.vectorization,
+        "actor_devices": list(host.actor_devices),
+        "learner_devices": list(host.learner_devices),
+        "rollout_len": config.rollout_len,
+        "env_steps": best["env_steps"],
+        "sps": round(best["sps"]),
+        "sps_all_repeats": [round(r["sps"]) for r in runs],
+        "raw_random_action_sps": round(raw),
+        "ratio": round(best["sps"] / raw, 3),
+        "compile_s": round(best["compile_s"], 2),
+        "train_s": round(best["train_s"], 2),
+        "policy_lag_mean": round(best["policy_lag/mean"], 2),
+        "stage_seconds": stages,
+        "eval_return": best["eval/episode_return"],
+        "process_s": round(time.time() - t0, 2),
+        **machine_fields(),
+    }
+    rows = [
+        ("config", f"{FLAGS.agent}: {host.num_threads} actor threads x {host.envs_per_thread} "
+                   f"envs ({host.vectorization}) x {config.rollout_len} steps"),
+        ("env steps", f"{result['env_steps']:,}"),
+        ("training env steps/s (after compile)", f"{result['sps']:,}"),
+        ("raw random-action env steps/s", f"{result['raw_random_action_sps']:,}"),
+        ("ratio (goal >= 0.7)", f"{result['ratio']}"),
+        ("compile (s)", f"{result['compile_s']}"),
+        ("policy lag (mean, updates)", f"{result['policy_lag_mean']}"),
+        ("stage seconds (summed over threads)", json.dumps(stages)),
+    ]
+    print_table(rows, result)
 
 
 if __name__ == "__main__":

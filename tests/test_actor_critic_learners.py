@@ -1,5 +1,7 @@
 """A2C and IMPALA learners: sharding invariance, policy lag, V-trace in the update."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -14,12 +16,34 @@ def make(agent, num_devices=1, num_seeds=1, env="CartPole-v1", **overrides):
     return agents.make_learner(cfg, parallel.make_mesh(num_devices), num_seeds)
 
 
+@functools.cache
+def _run(agent, num_devices, num_updates, chunk, num_seeds, overrides):
+    return run_uncached(agent, num_devices, num_updates, chunk, num_seeds, **dict(overrides))
+
+
 def run(agent, num_devices=1, num_updates=4, chunk=None, num_seeds=1, **overrides):
-    learner = make(agent, num_devices, num_seeds, **overrides)
+    """Cached: several tests compare against the same reference run (compiles dominate)."""
+    return _run(
+        agent, num_devices, num_updates, chunk, num_seeds, tuple(sorted(overrides.items()))
+    )
+
+
+@functools.cache
+def _learner(agent, num_devices, num_seeds, overrides):
+    return make(agent, num_devices, num_seeds, **dict(overrides))
+
+
+@functools.cache
+def _chunk(learner, chunk):
+    return learner.make_train_chunk(chunk)
+
+
+def run_uncached(agent, num_devices=1, num_updates=4, chunk=None, num_seeds=1, **overrides):
+    learner = _learner(agent, num_devices, num_seeds, tuple(sorted(overrides.items())))
     init_keys, train_keys = learner.seed_keys(0)
     state = learner.init(init_keys)
     chunk = chunk or num_updates
-    step = learner.make_train_chunk(chunk)
+    step = _chunk(learner, chunk)
     for _ in range(num_updates // chunk):
         state, metrics = step(state, train_keys)
     return jax.device_get(state), jax.device_get(metrics)
@@ -59,9 +83,9 @@ def test_chunking_and_seed_vmapping_do_not_change_results(agent):
 
 def test_impala_behaviour_policy_lags_by_policy_lag_updates():
     lag = 2
-    params_after = [run("impala", num_updates=u, policy_lag=lag)[0].params["policy"]
+    params_after = [run("impala", num_updates=u, chunk=1, policy_lag=lag)[0].params["policy"]
                     for u in (1, 2)]
-    state, _ = run("impala", num_updates=3, policy_lag=lag)
+    state, _ = run("impala", num_updates=3, chunk=1, policy_lag=lag)
     # After 3 updates the buffer holds θ_1, θ_2 (oldest first): update 4 acts with θ_2 = θ_{4-lag}.
     for i, expected in enumerate(params_after):
         assert_trees_close(jax.tree.map(lambda x, i=i: x[:, i], state.agent_state), expected,

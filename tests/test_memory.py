@@ -16,8 +16,9 @@ def peak_rss_mb(total_steps):
     return summary["peak_rss_mb"]
 
 
-def test_ten_million_steps_use_no_more_memory_than_one_hundred_thousand():
+def test_three_million_steps_use_no_more_memory_than_one_hundred_thousand():
+    # 30x the steps; per-step host arrays would grow RSS by >= 1 byte/step = 3 MB.
     short = peak_rss_mb(100_000)
-    long = peak_rss_mb(10_000_000)
+    long = peak_rss_mb(3_000_000)
     # Same compiled chunk, same buffers: allow only allocator noise.
     assert long <= short * 1.05 + 20, (short, long)

@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -14,13 +15,33 @@ from jaxrl_dist.agents.ppo import learner as learner_lib
 SMALL = dict(num_envs=8, rollout_len=16, total_steps=8 * 16 * 3, num_epochs=2, num_minibatches=4)
 
 
+@functools.cache
+def _run(num_devices, num_updates, chunk, num_seeds, overrides):
+    return run_uncached(num_devices, num_updates, chunk, num_seeds, **dict(overrides))
+
+
 def run(num_devices, num_updates=3, chunk=None, num_seeds=1, **overrides):
-    cfg = config_lib.default_config("CartPole-v1", **dict(SMALL, **overrides))
-    learner = learner_lib.Learner(cfg, parallel.make_mesh(num_devices), num_seeds)
+    """Cached: several tests compare against the same reference run (compiles dominate)."""
+    return _run(num_devices, num_updates, chunk, num_seeds, tuple(sorted(overrides.items())))
+
+
+@functools.cache
+def _learner(num_devices, num_seeds, overrides):
+    cfg = config_lib.default_config("CartPole-v1", **dict(SMALL, **dict(overrides)))
+    return learner_lib.Learner(cfg, parallel.make_mesh(num_devices), num_seeds)
+
+
+@functools.cache
+def _chunk(learner, chunk):
+    return learner.make_train_chunk(chunk)
+
+
+def run_uncached(num_devices, num_updates=3, chunk=None, num_seeds=1, **overrides):
+    learner = _learner(num_devices, num_seeds, tuple(sorted(overrides.items())))
     init_keys, train_keys = learner.seed_keys(0)
     state = learner.init(init_keys)
     chunk = chunk or num_updates
-    step = learner.make_train_chunk(chunk)
+    step = _chunk(learner, chunk)
     for _ in range(num_updates // chunk):
         state, metrics = step(state, train_keys)
     return jax.device_get(state), jax.device_get(metrics)
@@ -69,15 +90,15 @@ def test_env_groups_layout_sharded_equals_unsharded():
 
 
 def test_chunking_does_not_change_results():
-    a, _ = run(1, num_updates=4, chunk=4)
-    b, _ = run(1, num_updates=4, chunk=1)
+    a, _ = run(1)  # 3 updates in one chunk
+    b, _ = run(1, chunk=1)
     assert_trees_close(a.params, b.params, rtol=1e-5, atol=1e-7)
-    assert int(a.update_step[0]) == int(b.update_step[0]) == 4
+    assert int(a.update_step[0]) == int(b.update_step[0]) == 3
 
 
 def test_vmapped_seeds_equal_separate_runs():
-    one, _ = run(1, num_updates=2)
-    three, metrics = run(1, num_updates=2, num_seeds=3)
+    one, _ = run(1)
+    three, metrics = run(1, num_seeds=3)
     assert_trees_close(jax.tree.map(lambda x: x[:1], three.params), one.params, rtol=1e-5)
     assert not np.allclose(three.params["value"]["params"]["MLP_0"]["Dense_0"]["kernel"][0],
                            three.params["value"]["params"]["MLP_0"]["Dense_0"]["kernel"][1])

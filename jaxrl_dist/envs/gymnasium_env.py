@@ -187,3 +187,54 @@ class VectorEnv:
             with contextlib.suppress(Exception):  # closing a broken env must not raise
                 self._env.close()
             self._env = None
+
+
+def random_action_sps(
+    env: str, num_threads: int, envs_per_thread: int, vectorization: str = "sync",
+    duration_s: float = 5.0, seed: int = 0,
+) -> float:
+    """Raw stepping rate (env steps/s) of ``num_threads`` threads, each stepping its own
+    ``VectorEnv`` of ``envs_per_thread`` envs with uniformly random actions.
+
+    The ceiling host actors are measured against: the same vector envs, the same
+    thread layout, no inference and no learning.
+    """
+    import threading
+    import time
+
+    spec = make_spec(env)
+    counts = [0] * num_threads
+    start = threading.Barrier(num_threads + 1)
+    deadline = [0.0]
+
+    def work(k: int) -> None:
+        vec = VectorEnv(env, envs_per_thread, seed + k * envs_per_thread, vectorization)
+        rng = np.random.default_rng(seed + k)
+        if spec.discrete:
+            actions = [rng.integers(0, spec.action_dim, envs_per_thread) for _ in range(64)]
+        else:
+            low, high = spec.action_space.low, spec.action_space.high
+            actions = [
+                rng.uniform(low, high, (envs_per_thread, spec.action_dim)).astype(np.float32)
+                for _ in range(64)
+            ]
+        start.wait()
+        try:
+            i = 0
+            while time.perf_counter() < deadline[0]:
+                vec.step(actions[i % 64])
+                i += 1
+            counts[k] = i * envs_per_thread
+        finally:
+            vec.close()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(num_threads)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.perf_counter() + 3600.0
+    start.wait()
+    t0 = time.perf_counter()
+    deadline[0] = t0 + duration_s
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
