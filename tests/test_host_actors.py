@@ -200,3 +200,25 @@ def test_ctrl_c_stops_within_ten_seconds_with_a_checkpoint_and_nonzero_exit(tmp_
     assert set(params) == {"policy", "value"}
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+# Host-actor CartPole settings the suite holds to the bar (>= 475 within 1e6
+# steps). Deterministic mode (lag pinned to 1) makes the run the same on every try.
+HOST_LEARNING = {
+    "ppo": dict(rollout_len=64, total_steps=300_000),
+    "impala": dict(rollout_len=10, total_steps=400_000),
+}
+
+
+@pytest.mark.parametrize("agent", sorted(HOST_LEARNING))
+def test_host_actors_solve_gymnasium_cartpole(agent):
+    host = host_training.HostSettings(actor_threads=2, envs_per_thread=8, deterministic=True,
+                                      learner_devices=(0,))
+    config = agents.default_config(agent, "gymnasium:CartPole-v1", **HOST_LEARNING[agent])
+    summary = host_training.train_host(
+        config, training.RunSettings(eval_episodes=32, log_points=10, progress_every_s=1e9),
+        host, None, progress=lambda s: None,
+    )
+    assert summary["env_steps"] <= 1_000_000
+    assert summary["eval/episode_return"] >= 475, summary["eval/episode_return"]
+    assert summary["policy_lag/max"] == 1
