@@ -44,6 +44,11 @@ BAD_INPUTS = [
     (["--num_envs=four"], "flag --num_envs=four"),
     (["--no_such_flag=1"], "no_such_flag"),
     (["extra"], "unexpected arguments"),
+    (["--env=gymnasium:NoSuchEnv-v0"], "'NoSuchEnv-v0' is not a registered Gymnasium id"),
+    (["--actor_threads=2"], "--actor_threads applies only to host actors"),
+    (["--env=gymnasium:CartPole-v1", "--num_envs=8"], "--num_envs does not apply to host actors"),
+    (["--env=gymnasium:CartPole-v1", "--envs_per_thread=4", "--learner_devices=1,2,3"],
+     "--envs_per_thread=4 must be divisible by the number of learner devices (3)"),
 ]
 
 

@@ -95,3 +95,17 @@ def test_prefix_helpers():
     assert gymnasium_env.is_gymnasium("gymnasium:CartPole-v1")
     assert not gymnasium_env.is_gymnasium("CartPole-v1")
     assert gymnasium_env.gymnasium_id("gymnasium:CartPole-v1") == "CartPole-v1"
+
+
+def test_async_vectorization_matches_sync():
+    actions = np.random.default_rng(0).integers(0, 2, size=(60, 2))
+    results = []
+    for mode in ("sync", "async"):
+        env = gymnasium_env.VectorEnv("gymnasium:CartPole-v1", 2, seed=5, vectorization=mode)
+        steps = [env.step(a) for a in actions]
+        env.close()
+        results.append(steps)
+    for s, a in zip(*results, strict=True):
+        np.testing.assert_array_equal(s.next_obs, a.next_obs)
+        np.testing.assert_array_equal(s.terminated, a.terminated)
+        np.testing.assert_array_equal(s.obs, a.obs)

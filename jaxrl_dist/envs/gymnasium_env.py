@@ -109,7 +109,7 @@ class VectorEnv:
       env: ``gymnasium:<id>``.
       num_envs: ``B``.
       seed: env ``i`` is reset with seed ``seed + i`` at creation.
-      vectorization: ``sync`` (in this thread) or ``async`` (one process per env).
+      vectorization: ``sync`` (in this thread) or ``async`` (one spawned process per env).
 
     Running episode returns and lengths are tracked here (host side);
     ``pop_episode_sums`` hands over those of the episodes finished since the last call.
@@ -124,9 +124,14 @@ class VectorEnv:
         self._open(seed)
 
     def _open(self, seed: int) -> None:
+        vector_kwargs: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP}
+        if self.vectorization == "async":
+            # Worker processes are spawned, not forked: forking a process that runs
+            # JAX's threads can deadlock the child.
+            vector_kwargs["context"] = "spawn"
         self._env = gymnasium.make_vec(
             self.env_id, num_envs=self.num_envs, vectorization_mode=self.vectorization,
-            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+            vector_kwargs=vector_kwargs,
         )
         space = self._env.single_action_space
         self._box_bounds = (
