@@ -8,8 +8,8 @@ or on a Gymnasium environment with host actor threads (--env=gymnasium:<id>).
 Host actors: Ctrl-C or a failed actor thread stops the run (exit 130 or 1) with
 every thread joined and the last update's parameters in checkpoint/.
 
-Writes into --workdir: metrics.jsonl, config.json, checkpoint/ (orbax, final
-params), learning_curve.png. Bad input: one line on stderr, exit code 2.
+Writes into --workdir: metrics.jsonl, tensorboard/ (event files), config.json,
+checkpoint/ (orbax, final params), learning_curve.png. Bad input: one line on stderr, exit code 2.
 """
 
 import os
@@ -56,7 +56,8 @@ def main(argv):
     if FLAGS.overwrite and os.path.exists(workdir):
         import shutil
 
-        for name in ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint"):
+        for name in ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint",
+                     "tensorboard"):
             path = os.path.join(workdir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)

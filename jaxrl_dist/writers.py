@@ -1,4 +1,4 @@
-"""Host-side outputs: metrics.jsonl, config.json and the learning-curve PNG."""
+"""Host-side outputs: metrics.jsonl, TensorBoard events, config.json, the learning-curve PNG."""
 
 import dataclasses
 import json
@@ -23,21 +23,37 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``<workdir>/metrics.jsonl`` (flushed each write).
+    """Appends one JSON object per line to ``<workdir>/metrics.jsonl`` (flushed each write)
+    and the same scalars to TensorBoard event files in ``<workdir>/tensorboard/``
+    (tensorboardX; step = the record's ``env_steps``).
 
-    Non-finite floats are written as ``null``.
+    Non-finite floats are written as ``null`` in JSON and skipped in TensorBoard.
+    Call from the host loop's thread only.
     """
 
     def __init__(self, workdir: str):
+        from tensorboardX import SummaryWriter
+
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+        self._step = 0
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
         self._file.flush()
+        self._step = int(record.get("env_steps", self._step))
+        for name, value in record.items():
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                continue
+            if math.isfinite(float(value)) and name != "env_steps":
+                self._tb.add_scalar(name, float(value), self._step)
 
     def close(self) -> None:
         self._file.close()
+        self._tb.close()
 
 
 def write_config(workdir: str, config: Any, **extra: Any) -> str:

@@ -22,6 +22,25 @@ def run_script(script, *args, devices=1, timeout=600):
     )
 
 
+def read_tensorboard_scalars(directory):
+    """``{tag: [(step, value), ...]}`` from the TFRecord event files in ``directory``."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
 BAD_INPUTS = [
     (["--env=CartPole-v9"], "--env must be a gymnax id"),
     (["--agent=sac"], "--agent must be one of ppo, impala, a2c"),
@@ -103,6 +122,11 @@ def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path, agent):
     assert config["num_devices_used"] == 2
     assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "checkpoint").is_dir()
+    scalars = read_tensorboard_scalars(tmp_path / "tensorboard")
+    assert [step for step, _ in scalars["train/episode_return"]] == steps
+    np_returns = [r["train/episode_return"] for r in lines[:-1]]
+    assert [v for _, v in scalars["train/episode_return"]] == pytest.approx(np_returns, rel=1e-6)
+    assert scalars["eval/episode_return"] == [(16384, pytest.approx(final["eval/episode_return"]))]
 
     import hashlib
 
