@@ -164,7 +164,7 @@ def _get_rollout(q: queue.Queue, stop: threading.Event, threads, index: int, sta
             raise errors.ActorError(f"actor thread {index} stopped without a rollout")
         if time.perf_counter() - t0 > stall_s:
             raise errors.ActorError(
-                f"no rollout from actor thread {index} in {stall_s:.0f}s (stalled env?)"
+                f"no rollout from actor thread {index} in {stall_s:g}s (stalled env?)"
             )
 
 

@@ -96,7 +96,7 @@ def test_benchmark_bad_input_exit_2():
     assert result.stderr.strip() == "error: --num_minibatches must be > 0, got 0"
 
 
-@pytest.mark.parametrize("agent", ["ppo", "impala", "a2c"])
+@pytest.mark.parametrize("agent", ["ppo", "impala"])  # a2c's train.py run: test_learning.py
 def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path, agent):
     result = run_script(
         TRAIN, f"--workdir={tmp_path}", f"--agent={agent}", "--total_steps=16384", "--num_envs=8",

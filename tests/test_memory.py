@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from test_cli import BENCHMARK, run_script
 
 
@@ -16,6 +17,7 @@ def peak_rss_mb(total_steps):
     return summary["peak_rss_mb"]
 
 
+@pytest.mark.slow  # ~50 s; run with: python -m pytest -q -m slow
 def test_three_million_steps_use_no_more_memory_than_one_hundred_thousand():
     # 30x the steps; per-step host arrays would grow RSS by >= 1 byte/step = 3 MB.
     short = peak_rss_mb(100_000)
