@@ -42,7 +42,7 @@ def main(argv):
     t0 = time.time()
     try:
         config = cli.config_from_flags()
-        host = cli.host_settings_from_flags() if FLAGS.env.startswith("gymnasium:") else None
+        host = cli.host_settings_from_flags()
         cli.check_positive(repeats=FLAGS.repeats)
     except errors.ConfigError as e:
         cli.fail(str(e))

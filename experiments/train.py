@@ -37,7 +37,7 @@ def main(argv):
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
     try:
         config = cli.config_from_flags()
-        host = cli.host_settings_from_flags() if FLAGS.env.startswith("gymnasium:") else None
+        host = cli.host_settings_from_flags()
         cli.check_positive(eval_episodes=FLAGS.eval_episodes, log_points=FLAGS.log_points)
         workdir = FLAGS.workdir or os.path.join(
             "runs", f"{FLAGS.env.replace(':', '-')}-{FLAGS.agent}-{time.strftime('%Y%m%d-%H%M%S')}"

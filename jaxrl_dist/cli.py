@@ -160,7 +160,8 @@ def _device_ids(name: str) -> tuple[int, ...] | None:
 
 
 def host_settings_from_flags():
-    """``HostSettings`` from the host-actor flags (validated against the local devices).
+    """``HostSettings`` from the host-actor flags (validated against the local devices),
+    or ``None`` when ``--env`` is a gymnax env (on-device acting).
 
     Raises:
       ConfigError: a bad value.
@@ -168,6 +169,10 @@ def host_settings_from_flags():
     import jax
 
     from jaxrl_dist import host_training
+    from jaxrl_dist.envs import gymnasium_env
+
+    if not gymnasium_env.is_gymnasium(FLAGS.env):
+        return None
 
     values = {name: FLAGS[name].value for name in HOST_FLAGS if FLAGS[name].value is not None}
     for name in ("actor_devices", "learner_devices"):

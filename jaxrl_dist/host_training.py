@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl_dist import checkpoint, errors, evaluation, parallel, writers
+from jaxrl_dist import checkpoint, errors, evaluation, parallel, types, writers
 from jaxrl_dist.actors import host_actor
 from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.agents import AGENTS, common, host_learner
@@ -106,8 +106,6 @@ def host_config(config: common.OnDeviceConfig, host: HostSettings):
 
 def _trajectory_shapes(learner, spec, act_fn, state, rollout_len, envs_per_thread):
     """``ShapeDtypeStruct`` pytree of one thread's ``Transition`` on the learner mesh."""
-    from jaxrl_dist import types
-
     obs = jax.ShapeDtypeStruct((envs_per_thread, *spec.obs_shape), np.float32)
     action, log_prob, dist, _ = jax.eval_shape(
         act_fn, state.params, obs, jax.random.key(0)

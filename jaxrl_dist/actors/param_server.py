@@ -45,11 +45,6 @@ class ParamServer:
             self._closed = True
             self._cond.notify_all()
 
-    @property
-    def latest_version(self) -> int:
-        with self._cond:
-            return self._latest
-
     def latest(self, timeout: float) -> tuple[int, Any] | None:
         """``(version, params)`` of the newest version; ``None`` if none within ``timeout`` s."""
         return self.get(None, timeout)

@@ -119,7 +119,6 @@ class VectorEnv:
         self.env_id = gymnasium_id(env)
         self.num_envs = num_envs
         self.vectorization = vectorization
-        self.spec = None
         self._env = None
         self._open(seed)
 
@@ -210,7 +209,7 @@ def random_action_sps(
     spec = make_spec(env)
     counts = [0] * num_threads
     start = threading.Barrier(num_threads + 1)
-    deadline = [0.0]
+    deadline = [float("inf")]  # set once every thread is ready
 
     def work(k: int) -> None:
         vec = VectorEnv(env, envs_per_thread, seed + k * envs_per_thread, vectorization)
@@ -236,7 +235,6 @@ def random_action_sps(
     threads = [threading.Thread(target=work, args=(k,)) for k in range(num_threads)]
     for t in threads:
         t.start()
-    deadline[0] = time.perf_counter() + 3600.0
     start.wait()
     t0 = time.perf_counter()
     deadline[0] = t0 + duration_s

@@ -56,6 +56,7 @@ def init(example_item: Any, capacity: int) -> ReplayState:
 
 
 def capacity(state: ReplayState) -> int:
+    """Number of slots of the buffer (static)."""
     return jax.tree.leaves(state.storage)[0].shape[0]
 
 
