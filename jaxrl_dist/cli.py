@@ -17,12 +17,14 @@ from jaxrl_dist.agents import AGENTS
 CONFIG_FLAGS = (
     "num_envs", "rollout_len", "total_steps", "num_epochs", "num_minibatches", "lr",
     "objective", "policy_lag", "optimizer", "ent_coef", "gamma", "torso",
+    "n_step", "buffer_capacity", "batch_size", "learner_steps", "learning_starts",
+    "target_update_period",
 )
 
 # Flags of the host-actor layout (``host_training.HostSettings``); only with gymnasium:<id>.
 HOST_FLAGS = (
     "actor_threads", "envs_per_thread", "vectorization", "deterministic", "actor_devices",
-    "learner_devices", "queue_size",
+    "learner_devices", "queue_size", "param_refresh_steps",
 )
 HOST_INSTEAD = {
     "num_envs": "set --actor_threads and --envs_per_thread",
@@ -54,6 +56,20 @@ def define_agent_flags() -> None:
     flags.DEFINE_float("ent_coef", None, "Entropy bonus coefficient.")
     flags.DEFINE_float("gamma", None, "Discount factor.")
     flags.DEFINE_string("torso", None, "mlp, or cnn (a 3x3x16 conv first; image observations).")
+    flags.DEFINE_integer("n_step", None, "Ape-X: steps of the n-step return (3).")
+    flags.DEFINE_integer(
+        "buffer_capacity", None, "Ape-X: replay capacity in transitions, over all devices."
+    )
+    flags.DEFINE_integer("batch_size", None, "Ape-X: transitions per learner step (global).")
+    flags.DEFINE_integer(
+        "learner_steps", None, "Ape-X: learner steps per update (sets the replay ratio)."
+    )
+    flags.DEFINE_integer(
+        "learning_starts", None, "Ape-X: transitions in the replay before learning starts."
+    )
+    flags.DEFINE_integer(
+        "target_update_period", None, "Ape-X: learner steps between target-network refreshes."
+    )
     flags.DEFINE_integer(
         "actor_threads", None, "Host actors: actor threads per actor device (default 2)."
     )
@@ -73,6 +89,10 @@ def define_agent_flags() -> None:
         "Host actors: device indices of the learner mesh (default: the non-actor devices).",
     )
     flags.DEFINE_integer("queue_size", None, "Host actors: rollouts queued per thread (1).")
+    flags.DEFINE_integer(
+        "param_refresh_steps", None,
+        "Host actors: a thread's env steps between parameter fetches (0: every rollout).",
+    )
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("num_seeds", 1, "Independent runs vmapped in one program.")
     flags.DEFINE_integer("num_devices", None, "Devices in the data-parallel mesh (default: all).")
@@ -198,6 +218,9 @@ def config_from_flags():
     check_positive(
         num_envs=FLAGS.num_envs, rollout_len=FLAGS.rollout_len, total_steps=FLAGS.total_steps,
         num_epochs=FLAGS.num_epochs, num_minibatches=FLAGS.num_minibatches, lr=FLAGS.lr,
+        n_step=FLAGS.n_step, buffer_capacity=FLAGS.buffer_capacity,
+        batch_size=FLAGS.batch_size, learner_steps=FLAGS.learner_steps,
+        target_update_period=FLAGS.target_update_period,
         num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
     )
     host = gymnasium_env.is_gymnasium(FLAGS.env)

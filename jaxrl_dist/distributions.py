@@ -100,6 +100,46 @@ class DiagGaussian:
         )
 
 
+class EpsGreedyParams(NamedTuple):
+    """Parameters of an ε-greedy policy: ``q`` ``[..., A]`` action values, ``epsilon`` ``[...]``."""
+
+    q: jax.Array
+    epsilon: jax.Array
+
+
+class EpsilonGreedy:
+    """ε-greedy over ``A`` discrete actions (Mnih et al. 2015): a uniform random action
+    with probability ``ε``, else ``argmax_a q``. Parameters: ``EpsGreedyParams``."""
+
+    discrete = True
+
+    @staticmethod
+    def noise(key: jax.Array, shape: tuple[int, ...], action_dim: int) -> jax.Array:
+        """Uniform ``[*shape, 2]``: the explore coin and the random action."""
+        del action_dim
+        return jax.random.uniform(key, shape + (2,), jnp.float32)
+
+    @staticmethod
+    def sample_from_noise(params: EpsGreedyParams, noise: jax.Array) -> jax.Array:
+        num_actions = params.q.shape[-1]
+        random_action = jnp.minimum(
+            (noise[..., 1] * num_actions).astype(jnp.int32), num_actions - 1
+        )
+        greedy = jnp.argmax(params.q, axis=-1).astype(jnp.int32)
+        return jnp.where(noise[..., 0] < params.epsilon, random_action, greedy)
+
+    @staticmethod
+    def mode(params: EpsGreedyParams) -> jax.Array:
+        return jnp.argmax(params.q, axis=-1).astype(jnp.int32)
+
+    @staticmethod
+    def log_prob(params: EpsGreedyParams, action: jax.Array) -> jax.Array:
+        """``log((1 − ε)·[a = argmax q] + ε / A)``."""
+        num_actions = params.q.shape[-1]
+        greedy = jnp.argmax(params.q, axis=-1) == action
+        return jnp.log((1.0 - params.epsilon) * greedy + params.epsilon / num_actions)
+
+
 def for_action_space(space: Any) -> type[Categorical] | type[DiagGaussian]:
     """Returns the distribution class for a gymnax action space.
 

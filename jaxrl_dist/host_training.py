@@ -52,6 +52,7 @@ class HostSettings:
     actor_devices: tuple[int, ...] = (0,)
     learner_devices: tuple[int, ...] | None = None
     queue_size: int = 1
+    param_refresh_steps: int = 0  # per thread: env steps between parameter fetches (0: every rollout)
     stall_timeout_s: float = 120.0  # the learner gives up on an actor silent this long
 
     @property
@@ -72,6 +73,10 @@ class HostSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise errors.ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.param_refresh_steps, int) or self.param_refresh_steps < 0:
+            raise errors.ConfigError(
+                f"--param_refresh_steps must be an integer >= 0, got {self.param_refresh_steps!r}"
+            )
         if self.vectorization not in gymnasium_env.VECTORIZATION_MODES:
             raise errors.ConfigError(
                 f"--vectorization must be one of {', '.join(gymnasium_env.VECTORIZATION_MODES)}"
@@ -104,17 +109,14 @@ def host_config(config: common.OnDeviceConfig, host: HostSettings):
     return dataclasses.replace(config, **changes)
 
 
-def _trajectory_shapes(learner, spec, act_fn, state, rollout_len, envs_per_thread):
-    """``ShapeDtypeStruct`` pytree of one thread's ``Transition`` on the learner mesh."""
+def _transition_shapes(spec, act_fn, params, rollout_len: int, envs_per_thread: int):
+    """``ShapeDtypeStruct`` pytree of one thread's ``Transition`` ``[T, B, ...]``."""
     obs = jax.ShapeDtypeStruct((envs_per_thread, *spec.obs_shape), np.float32)
-    action, log_prob, dist, _ = jax.eval_shape(
-        act_fn, state.params, obs, jax.random.key(0)
-    )
+    env_ids = jax.ShapeDtypeStruct((envs_per_thread,), np.int32)
+    action, log_prob, dist, _ = jax.eval_shape(act_fn, params, obs, jax.random.key(0), env_ids)
 
     def timed(x, dtype=None):
-        return jax.ShapeDtypeStruct(
-            (rollout_len, *x.shape), dtype or x.dtype, sharding=learner.traj_sharding
-        )
+        return jax.ShapeDtypeStruct((rollout_len, *x.shape), dtype or x.dtype)
 
     column = jax.ShapeDtypeStruct((envs_per_thread,), np.float32)
     return types.Transition(
@@ -218,19 +220,31 @@ def train_host(
 
     init_key, train_key = jax.random.split(jax.random.key(settings.seed))
     state = learner.init(init_key)
-    act_fn = host_actor.make_act_fn(agent.policy, agent.dist, spec.action_dim)
+    act_fn = agent.host_act_fn()
+    finish_fn = jax.jit(agent.actor_batch) if agent.actor_batch is not None else None
 
     t_compile = time.time()
-    shapes = _trajectory_shapes(
-        learner, spec, act_fn, state, config.rollout_len, host.envs_per_thread
+    transition = _transition_shapes(
+        spec, act_fn, state.params, config.rollout_len, host.envs_per_thread
     )
-    update = learner.update.lower(state, (shapes,) * host.num_threads, train_key).compile()
-    for device in actor_devices:  # compile (and cache) inference on each actor device
+    env_ids = np.arange(host.envs_per_thread, dtype=np.int32)
+    sent = transition if finish_fn is None else jax.eval_shape(
+        finish_fn, state.params, transition, env_ids
+    )
+    shapes = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.traj_sharding), sent
+    )
+    update = learner.compile_update(state, (shapes,) * host.num_threads, train_key)
+    for device in actor_devices:  # compile (and cache) the actors' steps on each actor device
+        on_device = lambda x, d=device: jax.device_put(x, d)
+        params = on_device(state.params)
         jax.block_until_ready(act_fn(
-            jax.device_put(state.params, device),
-            jax.device_put(np.zeros((host.envs_per_thread, *spec.obs_shape), np.float32), device),
-            jax.device_put(jax.random.key(0), device),
+            params, on_device(np.zeros((host.envs_per_thread, *spec.obs_shape), np.float32)),
+            on_device(jax.random.key(0)), on_device(env_ids),
         ))
+        if finish_fn is not None:
+            zeros = jax.tree.map(lambda x: on_device(np.zeros(x.shape, x.dtype)), transition)
+            jax.block_until_ready(finish_fn(params, zeros, on_device(env_ids)))
     compile_s = time.time() - t_compile
     progress(
         f"compiled in {compile_s:.1f}s: {num_updates} updates of {config.steps_per_update} env "
@@ -244,12 +258,12 @@ def train_host(
     queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
     actor_settings = host_actor.ActorSettings(
         config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
-        host.deterministic, settings.seed,
+        host.deterministic, settings.seed, host.param_refresh_steps,
     )
     threads = [
         host_actor.ActorThread(
             k, actor_settings, actor_devices[k // host.actor_threads], act_fn, server,
-            queues[k], learner.traj_sharding, stop, make_env,
+            queues[k], learner.traj_sharding, stop, make_env, finish_fn,
         )
         for k in range(host.num_threads)
     ]

@@ -1,4 +1,4 @@
-"""Flax networks: an MLP torso with policy and value heads.
+"""Flax networks: an MLP torso with policy and value heads, and a dueling Q-network.
 
 The policy and the value function are separate MLPs (as in PPO's reference
 implementation and PureJaxRL), so acting only evaluates the policy network and
@@ -93,3 +93,34 @@ class ValueNetwork(nn.Module):
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = Torso(self.torso, self.obs_ndim)(obs)
         return MLP(self.hidden_sizes, 1, self.activation, out_scale=1.0)(x)[..., 0]
+
+
+class QNetwork(nn.Module):
+    """Maps observations ``[..., *obs_shape]`` to action values ``Q(s, ·)`` ``[..., A]`` float32.
+
+    ``dueling``: the dueling architecture (Wang et al. 2016, arXiv 1511.06581, eq. 9):
+    shared layers ``hidden_sizes[:-1]``, then a value stream and an advantage stream
+    of ``hidden_sizes[-1]`` units each, ``Q = V + A − mean_a A``. Otherwise one MLP.
+    """
+
+    hidden_sizes: Sequence[int]
+    action_dim: int
+    dueling: bool = True
+    activation: str = "relu"
+    obs_ndim: int = 1
+    torso: str = "mlp"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = Torso(self.torso, self.obs_ndim)(obs)
+        if not self.dueling:
+            return MLP(self.hidden_sizes, self.action_dim, self.activation)(x)
+        act = _ACTIVATIONS[self.activation]
+        dense = lambda size, scale=np.sqrt(2.0): nn.Dense(
+            size, kernel_init=initializers.orthogonal(scale)
+        )
+        for size in self.hidden_sizes[:-1]:
+            x = act(dense(size)(x))
+        value = dense(1, 1.0)(act(dense(self.hidden_sizes[-1])(x)))
+        advantages = dense(self.action_dim, 1.0)(act(dense(self.hidden_sizes[-1])(x)))
+        return value + advantages - jnp.mean(advantages, axis=-1, keepdims=True)

@@ -2,9 +2,11 @@
 
 Each ``ActorThread`` owns one ``VectorEnv``. Before a rollout it takes
 parameters from the ``ParamServer`` (copied once per version onto its actor
-device), then for ``T`` steps runs the jitted policy on the actor device and
-steps the envs on the host. The finished ``[T, B]`` trajectory is put straight
-onto the learner mesh (``jax.device_put`` with the learner's ``NamedSharding``,
+device; with ``param_refresh_steps`` only once that many of its env steps have
+passed since the last fetch), then for ``T`` steps runs the jitted policy on the
+actor device and steps the envs on the host. An agent may finish the rollout on
+the actor device (Ape-X: n-step transitions and their priorities). The finished
+``[T, B]`` batch is put straight onto the learner mesh (``jax.device_put`` with the learner's ``NamedSharding``,
 envs split over learner devices) and handed to the learner through a bounded
 queue. Every wait (parameters, queue) has a short timeout and re-checks the
 stop event, so a stop request ends the thread within a fraction of a second.
@@ -42,7 +44,7 @@ class Rollout(NamedTuple):
     sharded); the rest are host scalars covering this rollout.
     """
 
-    traj: types.Transition
+    traj: Any  # a Transition, or the agent's actor batch (Ape-X)
     version: int  # parameter version of the behaviour policy
     actor: int  # thread index
     env_steps: int  # T * B_thread
@@ -58,19 +60,7 @@ class ActorSettings(NamedTuple):
     vectorization: str  # sync | async
     deterministic: bool
     seed: int
-
-
-def make_act_fn(policy_apply: Callable, dist, action_dim: int) -> Callable:
-    """Jitted ``(params, obs [B, ...], key) -> (action, log_prob, dist_params, next_key)``."""
-
-    def act(params, obs, key):
-        key, noise_key = jax.random.split(key)
-        dist_params = policy_apply(params, obs)
-        noise = dist.noise(noise_key, obs.shape[:1], action_dim)
-        action = dist.sample_from_noise(dist_params, noise)
-        return action, dist.log_prob(dist_params, action), dist_params, key
-
-    return jax.jit(act)
+    param_refresh_steps: int = 0  # fetch new params after this many of the thread's env steps
 
 
 class ActorThread(threading.Thread):
@@ -80,18 +70,22 @@ class ActorThread(threading.Thread):
       index: thread index ``k`` (seeds and ordering).
       settings: ``ActorSettings``.
       device: the actor device inference runs on.
-      act_fn: from ``make_act_fn``.
+      act_fn: jitted ``(params, obs [B, ...], key, env_ids [B]) -> (action, log_prob,
+        dist_params, next_key)`` (an agent's ``host_act_fn``).
       params_server: where parameters come from.
       out: bounded queue of ``Rollout`` to the learner.
       learner_sharding: ``NamedSharding`` of a ``[T, B, ...]`` leaf on the learner mesh.
       stop: set by anyone to stop every thread.
       make_env: ``(settings, seed) -> VectorEnv`` (tests inject faulty envs here).
+      finish_fn: optional jitted ``(params, traj, env_ids) -> batch`` run on the actor
+        device on each rollout before it is sent (an agent's ``actor_batch``).
     """
 
     def __init__(
         self, index: int, settings: ActorSettings, device, act_fn: Callable,
         params_server: param_server_lib.ParamServer, out: queue.Queue, learner_sharding,
         stop: threading.Event, make_env: Callable | None = None,
+        finish_fn: Callable | None = None,
     ):
         super().__init__(name=f"actor-{index}", daemon=True)
         self.index = index
@@ -106,6 +100,11 @@ class ActorThread(threading.Thread):
             lambda s, seed: gymnasium_env.VectorEnv(
                 s.env, s.envs_per_thread, seed, s.vectorization
             )
+        )
+        self.finish_fn = finish_fn
+        self.env_ids = np.arange(
+            index * settings.envs_per_thread, (index + 1) * settings.envs_per_thread,
+            dtype=np.int32,
         )
         self.error: BaseException | None = None
         self.env_faults = 0
@@ -145,26 +144,33 @@ class ActorThread(threading.Thread):
         key = jax.device_put(
             jax.random.fold_in(jax.random.key(s.seed), 1_000 + self.index), self.device
         )
+        env_ids = jax.device_put(self.env_ids, self.device)
         rollout_index, cached_version, params = 0, -1, None
+        steps_since_fetch = 0
         while not self.stop.is_set():
             timings = dict.fromkeys(TIMERS, 0.0)
-            got = self._params(rollout_index, timings)
-            if got is None:
-                return
-            version, published = got
-            if version != cached_version:
-                params = jax.device_put(published, self.device)
-                cached_version = version
-            steps = self._act(env, params, key, timings)
+            if params is None or steps_since_fetch >= s.param_refresh_steps:
+                got = self._params(rollout_index, timings)
+                if got is None:
+                    return
+                version, published = got
+                steps_since_fetch = 0
+                if version != cached_version:
+                    params = jax.device_put(published, self.device)
+                    cached_version = version
+            steps = self._act(env, params, key, env_ids, timings)
             if steps is None:  # the env raised: re-created, rollout dropped
                 continue
             key, columns = steps
             t0 = time.perf_counter()
+            if self.finish_fn is not None:
+                columns = self.finish_fn(params, jax.device_put(columns, self.device), env_ids)
             traj = jax.device_put(columns, self.learner_sharding)
             timings["transfer_s"] += time.perf_counter() - t0
+            steps_since_fetch += s.rollout_len * s.envs_per_thread
             self.env_steps += s.rollout_len * s.envs_per_thread
             rollout = Rollout(
-                traj, version, self.index, s.rollout_len * s.envs_per_thread,
+                traj, cached_version, self.index, s.rollout_len * s.envs_per_thread,
                 env.pop_episode_sums(), timings, self._faults_unreported,
             )
             self._faults_unreported = 0
@@ -178,14 +184,14 @@ class ActorThread(threading.Thread):
             timings["actor_queue_wait_s"] += time.perf_counter() - t0
             rollout_index += 1
 
-    def _act(self, env, params, key, timings):
+    def _act(self, env, params, key, env_ids, timings):
         """``(key, Transition of numpy [T, B, ...])``, or ``None`` if the env raised."""
         s = self.settings
         obs, actions, log_probs, dists = [], [], [], []
         rewards, terminated, truncated, next_obs = [], [], [], []
         for _ in range(s.rollout_len):
             t0 = time.perf_counter()
-            action, log_prob, dist, key = self.act_fn(params, env.obs, key)
+            action, log_prob, dist, key = self.act_fn(params, env.obs, key, env_ids)
             # np.asarray per leaf: ~4x cheaper than one jax.device_get of the tuple on CPU.
             action, log_prob = np.asarray(action), np.asarray(log_prob)
             dist = jax.tree.map(np.asarray, dist)

@@ -19,6 +19,7 @@ AGENTS: dict[str, AgentSpec] = {
     "ppo": AgentSpec("PPO", "jaxrl_dist.agents.ppo", ("Discrete", "Box")),
     "impala": AgentSpec("IMPALA", "jaxrl_dist.agents.impala", ("Discrete", "Box")),
     "a2c": AgentSpec("A2C", "jaxrl_dist.agents.a2c", ("Discrete", "Box")),
+    "apex": AgentSpec("Ape-X DQN", "jaxrl_dist.agents.apex", ("Discrete",)),
 }
 
 

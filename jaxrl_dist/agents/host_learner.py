@@ -57,12 +57,43 @@ class HostLearner:
         self.agent = agents.make_learner(config, mesh, 1, env=spec)
         self.replicated = NamedSharding(mesh, P())
         self.traj_sharding = NamedSharding(mesh, TRAJ_SPEC)
-        self.init = jax.jit(self._init, out_shardings=self.replicated)
-        self.update = jax.jit(
-            parallel.shard_map(
-                self._local_update, mesh, in_specs=(P(), TRAJ_SPEC, P()), out_specs=(P(), P())
-            )
+        self.state_specs = HostState(
+            params=P(), opt_state=P(), agent_state=self.agent.agent_state_specs(seed_axis=False),
+            update_step=P(),
         )
+        shardings = jax.tree.map(
+            lambda spec: NamedSharding(mesh, spec), self.state_specs,
+            is_leaf=lambda x: isinstance(x, P),
+        )
+        self.init = jax.jit(self._init, out_shardings=shardings)
+        # Only agent_state is donated (Ape-X's replay is updated in place): the
+        # parameters stay valid for actors still copying a published version.
+        self._update = jax.jit(
+            parallel.shard_map(
+                self._split_update, mesh,
+                in_specs=(self.state_specs._replace(agent_state=P()),
+                          self.state_specs.agent_state, TRAJ_SPEC, P()),
+                out_specs=(self.state_specs, P()),
+            ),
+            donate_argnums=1,
+        )
+
+    def update(self, state: HostState, trajs: tuple, key: jax.Array):
+        """One compiled learner update: ``(state, trajs, key) -> (state, metrics)``.
+
+        ``state.agent_state`` is donated (invalid afterwards); ``state.params`` is not.
+        """
+        return self._update(state._replace(agent_state=()), state.agent_state, trajs, key)
+
+    def compile_update(self, state: HostState, traj_shapes: tuple, key: jax.Array):
+        """``update`` compiled ahead of time for trajectories shaped like ``traj_shapes``."""
+        compiled = self._update.lower(
+            state._replace(agent_state=()), state.agent_state, traj_shapes, key
+        ).compile()
+        return lambda s, trajs, k: compiled(s._replace(agent_state=()), s.agent_state, trajs, k)
+
+    def _split_update(self, state: HostState, agent_state, trajs: tuple, key: jax.Array):
+        return self._local_update(state._replace(agent_state=agent_state), trajs, key)
 
     def _init(self, key: jax.Array) -> HostState:
         params = self.agent.init_params(key)
@@ -75,7 +106,7 @@ class HostLearner:
 
     def _local_update(self, state: HostState, trajs: tuple, key: jax.Array):
         traj = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *trajs)
-        local_envs = traj.reward.shape[1]
+        local_envs = jax.tree.leaves(traj)[0].shape[1]
         env_ids = parallel.axis_index() * local_envs + jnp.arange(local_envs)
         key = jax.random.fold_in(key, state.update_step)
         params, opt_state, agent_state, metrics = self.agent.learn(

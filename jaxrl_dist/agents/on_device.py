@@ -89,16 +89,11 @@ class OnDeviceLearner:
                 f"--torso=cnn needs image observations [H, W, C]; --env={config.env} has "
                 f"shape {tuple(self.env.obs_shape)}"
             )
-        self.policy_net = networks.PolicyNetwork(
-            config.hidden_sizes, self.env.action_dim, self.dist.discrete, config.activation,
-            obs_ndim=obs_ndim, torso=config.torso,
-        )
-        self.value_net = networks.ValueNetwork(
-            config.hidden_sizes, config.activation, obs_ndim, torso=config.torso
-        )
+        self._build_networks(obs_ndim)
         self.optimizer = self._make_optimizer()
+        self.state_specs = STATE_SPECS._replace(agent_state=self.agent_state_specs(seed_axis=True))
         self.state_shardings = jax.tree.map(
-            lambda spec: NamedSharding(mesh, spec), STATE_SPECS,
+            lambda spec: NamedSharding(mesh, spec), self.state_specs,
             is_leaf=lambda x: isinstance(x, P),
         )
         self.acting = rollout_lib.Policy(
@@ -131,6 +126,46 @@ class OnDeviceLearner:
           averaged over the mesh.
         """
         raise NotImplementedError
+
+    def _build_networks(self, obs_ndim: int) -> None:
+        """Creates the agent's flax modules (default: separate policy and value MLPs)."""
+        config = self.config
+        self.policy_net = networks.PolicyNetwork(
+            config.hidden_sizes, self.env.action_dim, self.dist.discrete, config.activation,
+            obs_ndim=obs_ndim, torso=config.torso,
+        )
+        self.value_net = networks.ValueNetwork(
+            config.hidden_sizes, config.activation, obs_ndim, torso=config.torso
+        )
+
+    def agent_state_specs(self, seed_axis: bool) -> Any:
+        """``PartitionSpec`` (or a pytree prefix of them) of ``agent_state`` over the mesh.
+
+        Default ``P()``: replicated. ``seed_axis``: the on-device state has a leading
+        seed axis (the host learner's has none). Ape-X shards its replay here.
+        """
+        del seed_axis
+        return P()
+
+    def host_act_fn(self) -> Callable:
+        """For host actor threads: a jitted ``(params, obs [B, ...], key, env_ids [B]) ->
+        (action, log_prob, dist_params, next_key)`` sampling from the policy."""
+        dist, action_dim = self.dist, self.env.action_dim
+
+        def act(params, obs, key, env_ids):
+            del env_ids
+            key, noise_key = jax.random.split(key)
+            dist_params = self.policy(params, obs)
+            noise = dist.noise(noise_key, obs.shape[:1], action_dim)
+            action = dist.sample_from_noise(dist_params, noise)
+            return action, dist.log_prob(dist_params, action), dist_params, key
+
+        return jax.jit(act)
+
+    # For host actors: ``(params, traj [T, B, ...], env_ids [B]) -> batch`` run on the
+    # actor device before sending (Ape-X: n-step transitions and priorities), or None
+    # to send the raw ``Transition``.
+    actor_batch: Callable | None = None
 
     def _init_agent_state(self, params: types.Params) -> Any:
         """The agent's own initial state for one seed (default: none)."""
@@ -239,8 +274,8 @@ class OnDeviceLearner:
         sharded = parallel.shard_map(
             jax.vmap(local_chunk),
             self.mesh,
-            in_specs=(STATE_SPECS, P()),
-            out_specs=(STATE_SPECS, P()),
+            in_specs=(self.state_specs, P()),
+            out_specs=(self.state_specs, P()),
         )
         return jax.jit(sharded, donate_argnums=0)
 

@@ -1,0 +1,104 @@
+"""Ape-X DQN configuration: a frozen dataclass validated before anything compiles."""
+
+import dataclasses
+from typing import ClassVar
+
+from jaxrl_dist import errors
+from jaxrl_dist.agents import common
+
+OBS_STORAGE = ("float32", "uint8")
+
+
+@dataclasses.dataclass(frozen=True)
+class ApexConfig(common.OnDeviceConfig):
+    """Hyperparameters of an Ape-X DQN run (Horgan et al. 2018, arXiv 1803.00933).
+
+    One update: every env acts ``rollout_len`` steps ε-greedily (env ``i`` of
+    ``N`` with ``ε_i = epsilon^(1 + epsilon_alpha·i/(N−1))``); the actors' n-step
+    transitions enter the prioritized replay with priorities from their own TD
+    errors; then the learner takes ``learner_steps`` gradient steps, each on a
+    prioritized batch of ``batch_size`` transitions. The replay ratio is
+    ``learner_steps * batch_size / (num_envs * rollout_len)`` sampled transitions
+    per env step.
+
+    Units: ``buffer_capacity``, ``learning_starts`` in transitions (= env steps);
+    ``target_update_period`` in learner steps. ``buffer_capacity`` and
+    ``batch_size`` are global: each device holds and samples its share.
+    ``obs_storage="uint8"`` stores observations as bytes (MinAtar's are 0/1).
+    """
+
+    agent: ClassVar[str] = "apex"
+
+    num_envs: int = 16
+    rollout_len: int = 4
+    total_steps: int = 500_000
+    lr: float = 5e-4
+    anneal_lr: bool = True
+    max_grad_norm: float = 10.0
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    activation: str = "relu"
+    n_step: int = 3
+    dueling: bool = True
+    buffer_capacity: int = 100_000
+    batch_size: int = 128
+    learner_steps: int = 2
+    learning_starts: int = 5_000
+    target_update_period: int = 500
+    epsilon: float = 0.4
+    epsilon_alpha: float = 7.0
+    priority_alpha: float = 0.6
+    priority_beta: float = 0.4
+    priority_beta_end: float = 0.4  # β is annealed linearly to this over the run
+    priority_eps: float = 1e-6  # added to |δ| so that no transition becomes unsampleable
+    obs_storage: str = "float32"
+
+    def validate(self, num_devices: int = 1) -> "ApexConfig":
+        """Checks every value; returns self.
+
+        Raises:
+          ConfigError: with a one-line message naming the flag and what is allowed.
+        """
+        super().validate(num_devices)
+        common.check_positive_ints(
+            self, "n_step", "buffer_capacity", "batch_size", "learner_steps",
+            "target_update_period",
+        )
+        common.check_non_negative(
+            self, "learning_starts", "epsilon_alpha", "priority_alpha", "priority_eps"
+        )
+        common.check_unit_interval(self, "epsilon", "priority_beta", "priority_beta_end")
+        common.check_choice(self, "obs_storage", OBS_STORAGE)
+        for name in ("buffer_capacity", "batch_size"):
+            if getattr(self, name) % num_devices:
+                raise errors.ConfigError(
+                    f"--{name} must be divisible by the number of devices ({num_devices}), "
+                    f"got {getattr(self, name)}"
+                )
+        if self.buffer_capacity < self.steps_per_update:
+            raise errors.ConfigError(
+                f"--buffer_capacity must be >= num_envs * rollout_len = {self.steps_per_update}"
+                f", got {self.buffer_capacity}"
+            )
+        if self.learning_starts > self.buffer_capacity:
+            raise errors.ConfigError(
+                f"--learning_starts must be <= --buffer_capacity ({self.buffer_capacity}), "
+                f"got {self.learning_starts}"
+            )
+        return self
+
+
+_CLASSIC = dict()
+_MINATAR = dict(
+    num_envs=64, rollout_len=4, total_steps=10_000_000, lr=1e-4, hidden_sizes=(256, 256),
+    torso="cnn", buffer_capacity=1_000_000, batch_size=512, learner_steps=1,
+    learning_starts=50_000, target_update_period=2_500, obs_storage="uint8",
+)
+ENV_DEFAULTS: dict[str, dict] = {
+    **{env: _CLASSIC for env in common.CLASSIC_ENVS},
+    **{env: _MINATAR for env in common.MINATAR_ENVS},
+}
+
+
+def default_config(env: str, **overrides) -> ApexConfig:
+    """The per-env defaults for ``env``, with ``overrides`` (``None`` values ignored)."""
+    return common.make_default_config(ApexConfig, ENV_DEFAULTS, env, **overrides)
