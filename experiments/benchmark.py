@@ -2,7 +2,7 @@
 
     python experiments/benchmark.py                               # PureJaxRL's CartPole config
     python experiments/benchmark.py --num_envs=2048 --rollout_len=16
-    python experiments/benchmark.py --agent=impala      # also: --agent=a2c
+    python experiments/benchmark.py --agent=impala      # also: --agent=a2c, --agent=apex
     python experiments/benchmark.py --env=gymnasium:CartPole-v1 --envs_per_thread=64
 
 Host actors (--env=gymnasium:<id>): training steps/s is reported beside the raw
@@ -79,6 +79,10 @@ def main(argv):
         "train_s": round(best["train_s"], 2),
         "run_total_s": round(best["total_s"], 2),
         "process_s": round(time.time() - t0, 2),
+        # Ape-X: gradient steps per second (all seeds), each on batch_size transitions.
+        "learner_steps_per_s": round(
+            config.num_updates * config.learner_steps * FLAGS.num_seeds / best["train_s"], 1
+        ) if hasattr(config, "learner_steps") else None,
         "final_train_return": best["history"][-1]["train/episode_return"],
         "eval_return": best["eval/episode_return"],
         "num_devices": settings.num_devices or jax.device_count(),
@@ -89,6 +93,8 @@ def main(argv):
                    f"{result['num_epochs']} epochs x {result['num_minibatches']} minibatches"),
         ("env steps", f"{result['env_steps']:,}"),
         ("env steps/s (after compile)", f"{result['sps']:,}"),
+        *([("learner steps/s", f"{result['learner_steps_per_s']:,}")]
+          if result["learner_steps_per_s"] else []),
         ("compile (s)", f"{result['compile_s']}"),
         ("training (s)", f"{result['train_s']}"),
         ("compile + training (s)", f"{result['run_total_s']}"),

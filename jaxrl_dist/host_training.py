@@ -52,7 +52,7 @@ class HostSettings:
     actor_devices: tuple[int, ...] = (0,)
     learner_devices: tuple[int, ...] | None = None
     queue_size: int = 1
-    param_refresh_steps: int = 0  # per thread: env steps between parameter fetches (0: every rollout)
+    param_refresh_steps: int = 0  # a thread's env steps between parameter fetches (0: each rollout)
     stall_timeout_s: float = 120.0  # the learner gives up on an actor silent this long
 
     @property
@@ -243,7 +243,9 @@ def train_host(
             on_device(jax.random.key(0)), on_device(env_ids),
         ))
         if finish_fn is not None:
-            zeros = jax.tree.map(lambda x: on_device(np.zeros(x.shape, x.dtype)), transition)
+            zeros = jax.tree.map(
+                lambda x, put=on_device: put(np.zeros(x.shape, x.dtype)), transition
+            )
             jax.block_until_ready(finish_fn(params, zeros, on_device(env_ids)))
     compile_s = time.time() - t_compile
     progress(

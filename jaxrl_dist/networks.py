@@ -17,6 +17,7 @@ import numpy as np
 from jaxrl_dist import distributions, initializers
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+_SQRT2 = float(np.sqrt(2.0))
 
 
 class MLP(nn.Module):
@@ -116,7 +117,7 @@ class QNetwork(nn.Module):
         if not self.dueling:
             return MLP(self.hidden_sizes, self.action_dim, self.activation)(x)
         act = _ACTIVATIONS[self.activation]
-        dense = lambda size, scale=np.sqrt(2.0): nn.Dense(
+        dense = lambda size, scale=_SQRT2: nn.Dense(
             size, kernel_init=initializers.orthogonal(scale)
         )
         for size in self.hidden_sizes[:-1]:

@@ -12,8 +12,10 @@ import pytest
 from jaxrl_dist import agents, distributions, errors, parallel, types
 from jaxrl_dist.agents.apex import learner as apex
 
+SMALL_ALPHA = 0.6
 SMALL = dict(num_envs=8, rollout_len=8, total_steps=8 * 8 * 6, buffer_capacity=1024,
-             batch_size=32, learning_starts=128, target_update_period=4, hidden_sizes=(32, 32))
+             batch_size=32, learning_starts=128, target_update_period=4, hidden_sizes=(32, 32),
+             learner_steps=2, n_step=3, priority_alpha=SMALL_ALPHA)
 
 
 def make(num_devices=1, num_seeds=1, **overrides):
@@ -22,16 +24,18 @@ def make(num_devices=1, num_seeds=1, **overrides):
 
 
 @functools.cache
-def run(num_devices=1, num_updates=6, **overrides):
-    learner = make(num_devices, **overrides)
+def run(num_devices=1, num_updates=6):
+    """States (on host) after each of ``num_updates`` updates, and the metrics; cached."""
+    learner = make(num_devices)
     init_keys, train_keys = learner.seed_keys(0)
     state = learner.init(init_keys)
-    history = []
+    states, history = [], []
     step = learner.make_train_chunk(1)
     for _ in range(num_updates):
         state, metrics = step(state, train_keys)
+        states.append(jax.device_get(state))
         history.append(jax.device_get(metrics))
-    return learner, state, history
+    return learner, state, states, history
 
 
 def test_epsilon_ladder_is_the_papers():
@@ -138,30 +142,47 @@ def _rows(state, seed=0):
 
 
 def test_replay_shards_hold_the_same_transitions_on_one_and_two_devices():
-    # No learning (learning_starts above what is collected): both runs act with the
-    # same parameters, so the union of the shards must equal the single replay.
-    _, one, _ = run(1, 3, learning_starts=1024)
-    _, two, _ = run(2, 3, learning_starts=1024)
-    assert one.agent_state.replay.size.tolist() == [[3 * 64]]
-    assert two.agent_state.replay.size.tolist() == [[3 * 32, 3 * 32]]
-    np.testing.assert_allclose(_rows(one), _rows(two), rtol=1e-5, atol=1e-6)
+    # 64 transitions per update; learning starts in update 1 (128 stored), after its
+    # rollout, so the first two rollouts of both runs act with the initial parameters
+    # and the union of the two shards must equal the single replay.
+    _, _, one, _ = run(1, 2)
+    _, _, two, _ = run(2, 6)
+    assert one[1].agent_state.replay.size.tolist() == [[128]]
+    assert two[1].agent_state.replay.size.tolist() == [[64, 64]]
+    # Priorities too after update 0 (no learning yet); after update 1 the learner has
+    # re-prioritised different samples on one and on two devices, so transitions only.
+    np.testing.assert_allclose(_rows(one[0]), _rows(two[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _rows(one[1])[:, :-1], _rows(two[1])[:, :-1], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_initial_priorities_are_the_actors_td_errors_not_the_maximum():
+    _, _, one, history = run(1, 2)
+    rows = _rows(one[0])  # after update 0: nothing sampled yet
+    alpha = SMALL_ALPHA
+    priorities = rows[:, -1] ** (1 / alpha)
+    assert float(history[0]["learner/ready"][0]) == 0
+    assert len(np.unique(np.round(priorities, 5))) > 32  # one per transition, not a constant
 
 
 def test_learner_on_two_devices_keeps_identical_params_and_refreshes_the_target():
-    learner, state, history = run(2, 6, learner_steps=2, target_update_period=4)
-    # 64 transitions per update; learning starts at update 2 (128 stored).
+    learner, state, _, history = run(2, 6)
     ready = [float(h["learner/ready"][0]) for h in history]
     assert ready == [0, 1, 1, 1, 1, 1]
-    assert int(state.agent_state.learner_steps[0]) == 5 * 2
+    steps = learner.config.learner_steps
+    assert int(state.agent_state.learner_steps[0]) == 5 * steps
     for leaf in jax.tree.leaves(state.params):
         shards = leaf.addressable_shards
         assert len(shards) == 2
         np.testing.assert_array_equal(np.asarray(shards[0].data), np.asarray(shards[1].data))
-    # The target was last refreshed at learner step 8 (period 4), two steps ago.
-    params = jax.device_get(state.params)
-    target = jax.device_get(state.agent_state.target_params)
-    assert not all(np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(params), jax.tree.leaves(target), strict=True))
+    # Period 4 with 2 learner steps per update: refreshed at the end of updates 2 and 4,
+    # so after update 5 the target is the parameters after update 4.
+    params_after_4 = jax.tree.map(lambda x: x[0], run(2, 6)[2][4].params)
+    target = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(
+        state.agent_state.target_params))
+    for a, b in zip(jax.tree.leaves(params_after_4), jax.tree.leaves(target), strict=True):
+        np.testing.assert_array_equal(a, b)
     for h in history[1:]:
         assert np.isfinite(h["loss/td"]).all() and h["loss/td"][0] > 0
 

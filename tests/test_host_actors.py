@@ -209,17 +209,21 @@ def test_ctrl_c_stops_within_ten_seconds_with_a_checkpoint_and_nonzero_exit(tmp_
 
 # Host-actor CartPole settings the suite holds to the bar (>= 475 within 1e6
 # steps). Deterministic mode (lag pinned to 1) makes the run the same on every try.
+# Ape-X: one thread of 32 envs (half the inference calls per env step of 2 x 16), and
+# 8 learner steps per update of 256 env steps: the replay ratio of the on-device default.
 HOST_LEARNING = {
-    "ppo": dict(rollout_len=64, total_steps=300_000),
-    "impala": dict(rollout_len=10, total_steps=400_000),
+    "ppo": (2, 8, dict(rollout_len=64, total_steps=300_000)),
+    "impala": (2, 8, dict(rollout_len=10, total_steps=400_000)),
+    "apex": (1, 32, dict(rollout_len=8, learner_steps=8, total_steps=500_000)),
 }
 
 
 @pytest.mark.parametrize("agent", sorted(HOST_LEARNING))
 def test_host_actors_solve_gymnasium_cartpole(agent):
-    host = host_training.HostSettings(actor_threads=2, envs_per_thread=8, deterministic=True,
-                                      learner_devices=(0,))
-    config = agents.default_config(agent, "gymnasium:CartPole-v1", **HOST_LEARNING[agent])
+    threads, envs, overrides = HOST_LEARNING[agent]
+    host = host_training.HostSettings(actor_threads=threads, envs_per_thread=envs,
+                                      deterministic=True, learner_devices=(0,))
+    config = agents.default_config(agent, "gymnasium:CartPole-v1", **overrides)
     summary = host_training.train_host(
         config, training.RunSettings(eval_episodes=32, log_points=10, progress_every_s=1e9),
         host, None, progress=lambda s: None,
@@ -238,3 +242,26 @@ def test_continuous_actions_with_host_actors():
     assert "log_std" in summary["params"]["policy"]["params"]
     assert np.isfinite(summary["history"][-1]["loss/total"])
     assert summary["eval/episode_return"] < 0  # Pendulum pays negative rewards
+
+
+def test_apex_host_actors_refresh_params_every_param_refresh_steps_on_two_learners():
+    # Threads fetch parameters only every 2 rollouts (2 x 16 steps x 4 envs): in
+    # deterministic mode rollout r acts with version r-1 when it fetches, else with the
+    # previous fetch's, so the lag alternates 1, 2 (0 for rollout 0).
+    host = host_training.HostSettings(
+        actor_threads=2, envs_per_thread=4, actor_devices=(0,), learner_devices=(1, 2),
+        deterministic=True, param_refresh_steps=2 * 16 * 4,
+    )
+    config = small_config(
+        "apex", total_steps=8 * 16 * 6, buffer_capacity=1024, batch_size=32,
+        learning_starts=256, hidden_sizes=(16, 16),
+    )
+    summary = host_training.train_host(config, QUIET, host, None, progress=lambda s: None)
+    assert (summary["policy_lag/min"], summary["policy_lag/max"]) == (0, 2)
+    state = summary["state"]
+    assert_replicated_on(state.params, [1, 2])
+    replay = state.agent_state.replay
+    # One shard per learner device, each with its 4 of the 8 envs; learning starts at
+    # update 1 (256 transitions stored).
+    assert replay.size.tolist() == [6 * 16 * 4, 6 * 16 * 4]
+    assert int(state.agent_state.learner_steps) == 5 * config.learner_steps

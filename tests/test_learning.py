@@ -10,6 +10,7 @@ from test_cli import TRAIN, run_script
     ("ppo", 490_000),  # README's main command: 5e5 env steps per seed
     ("impala", 990_000),  # 1e6 env steps per seed, policy lag 1
     ("a2c", 990_000),
+    ("apex", 490_000),  # Ape-X DQN: 5e5 env steps per seed
 ])
 def test_default_train_solves_cartpole_for_three_seeds(tmp_path, agent, min_steps):
     result = run_script(TRAIN, f"--workdir={tmp_path}", f"--agent={agent}", "--num_seeds=3",

@@ -6,10 +6,11 @@ device; with ``param_refresh_steps`` only once that many of its env steps have
 passed since the last fetch), then for ``T`` steps runs the jitted policy on the
 actor device and steps the envs on the host. An agent may finish the rollout on
 the actor device (Ape-X: n-step transitions and their priorities). The finished
-``[T, B]`` batch is put straight onto the learner mesh (``jax.device_put`` with the learner's ``NamedSharding``,
-envs split over learner devices) and handed to the learner through a bounded
-queue. Every wait (parameters, queue) has a short timeout and re-checks the
-stop event, so a stop request ends the thread within a fraction of a second.
+``[T, B]`` batch is put straight onto the learner mesh (``jax.device_put`` with
+the learner's ``NamedSharding``, envs split over learner devices) and handed to
+the learner through a bounded queue. Every wait (parameters, queue) has a short
+timeout and re-checks the stop event, so a stop request ends the thread within
+a fraction of a second.
 
 Faults: an exception raised by the environment's ``step``/``reset`` is caught;
 the vector env is re-created with a fresh seed, the partial rollout is dropped,

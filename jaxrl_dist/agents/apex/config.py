@@ -87,7 +87,12 @@ class ApexConfig(common.OnDeviceConfig):
         return self
 
 
-_CLASSIC = dict()
+# Classic control: measured on CartPole-v1 (2-core CPU, 2026-11-21): with these values
+# 9 of 9 seeds reach greedy return 500 at 5e5 env steps; with n_step=3 instead, 8 of 9.
+_CLASSIC = dict(
+    hidden_sizes=(64, 64), rollout_len=8, lr=1e-3, n_step=5, buffer_capacity=100_000,
+    batch_size=256, learner_steps=4, target_update_period=50,
+)
 _MINATAR = dict(
     num_envs=64, rollout_len=4, total_steps=10_000_000, lr=1e-4, hidden_sizes=(256, 256),
     torso="cnn", buffer_capacity=1_000_000, batch_size=512, learner_steps=1,
