@@ -68,6 +68,12 @@ BAD_INPUTS = [
     (["--env=gymnasium:CartPole-v1", "--num_envs=8"], "--num_envs does not apply to host actors"),
     (["--env=gymnasium:CartPole-v1", "--envs_per_thread=4", "--learner_devices=1,2,3"],
      "--envs_per_thread=4 must be divisible by the number of learner devices (3)"),
+    (["--agent=apex", "--env=Pendulum-v1"], "--agent=apex acts in Discrete action spaces"),
+    (["--batch_size=64"], "--batch_size does not apply to --agent=ppo"),
+    (["--agent=apex", "--batch_size=30", "--num_devices=4"],
+     "--batch_size must be divisible by the number of devices (4), got 30"),
+    (["--agent=apex", "--env=gymnasium:CartPole-v1", "--param_refresh_steps=-1"],
+     "--param_refresh_steps must be an integer >= 0, got -1"),
 ]
 
 
