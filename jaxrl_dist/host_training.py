@@ -316,8 +316,9 @@ def train_host(
     finally:
         stop.set()
         server.close()
+        deadline = time.monotonic() + JOIN_TIMEOUT_S  # for all threads together
         for thread in threads:
-            thread.join(JOIN_TIMEOUT_S)
+            thread.join(max(0.0, deadline - time.monotonic()))
         if not finished and workdir:
             # The last finished update's parameters: a consistent, loadable checkpoint.
             checkpoint.save_params(os.path.join(workdir, "checkpoint"), state.params)

@@ -160,7 +160,7 @@ class ActorThread(threading.Thread):
                     params = jax.device_put(published, self.device)
                     cached_version = version
             steps = self._act(env, params, key, env_ids, timings)
-            if steps is None:  # the env raised: re-created, rollout dropped
+            if steps is None:  # the env raised (re-created) or a stop: rollout dropped
                 continue
             key, columns = steps
             t0 = time.perf_counter()
@@ -186,11 +186,14 @@ class ActorThread(threading.Thread):
             rollout_index += 1
 
     def _act(self, env, params, key, env_ids, timings):
-        """``(key, Transition of numpy [T, B, ...])``, or ``None`` if the env raised."""
+        """``(key, Transition of numpy [T, B, ...])``, or ``None`` if the env raised or a
+        stop was requested."""
         s = self.settings
         obs, actions, log_probs, dists = [], [], [], []
         rewards, terminated, truncated, next_obs = [], [], [], []
         for _ in range(s.rollout_len):
+            if self.stop.is_set():  # stop mid-rollout: the partial rollout is dropped
+                return None
             t0 = time.perf_counter()
             action, log_prob, dist, key = self.act_fn(params, env.obs, key, env_ids)
             # np.asarray per leaf: ~4x cheaper than one jax.device_get of the tuple on CPU.
