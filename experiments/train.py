@@ -1,17 +1,25 @@
-"""Train an agent on a gymnax environment, data-parallel over all local devices,
+"""Train an agent on a gymnax environment, data-parallel over all devices,
 or on a Gymnasium environment with host actor threads (--env=gymnasium:<id>).
 
     python experiments/train.py                      # PPO on CartPole-v1, 5e5 env steps
     python experiments/train.py --num_seeds=3 --workdir=runs/cartpole
     python experiments/train.py --agent=impala --env=gymnasium:CartPole-v1
+    python experiments/train.py --workdir=runs/cartpole --resume   # after a kill
 
-Host actors: Ctrl-C or a failed actor thread stops the run (exit 130 or 1) with
-every thread joined and the last update's parameters in checkpoint/.
+Several processes (one per host; gloo collectives on CPU):
+
+    python experiments/train.py --coordinator_address=host0:1234 --num_processes=2 \\
+        --process_id=0 --workdir=/shared/run   # and --process_id=1 on the other host
+
+Ctrl-C, a failed actor thread or a non-finite loss stops the run (exit 130, 1, 1)
+with the last good state in checkpoints/ (and, for host actors, every thread joined).
 
 Writes into --workdir: metrics.jsonl, tensorboard/ (event files), config.json,
-checkpoint/ (orbax, final params), learning_curve.png. Bad input: one line on stderr, exit code 2.
+checkpoints/ (orbax, whole-run state, for --resume), checkpoint/ (orbax, final
+params), learning_curve.png. Bad input: one line on stderr, exit code 2.
 """
 
+import json
 import os
 import sys
 import time
@@ -21,13 +29,43 @@ from absl import app, flags, logging
 from jaxrl_dist import cli, errors
 
 cli.define_agent_flags()
+cli.define_distributed_flags()
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<env>-<agent>-<time>).")
 flags.DEFINE_bool("overwrite", False, "Allow a --workdir that already holds a run.")
+flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
+flags.DEFINE_integer(
+    "checkpoint_every", None,
+    "Updates between whole-run checkpoints (default: about a tenth of the run).",
+)
 flags.DEFINE_integer("eval_episodes", 32, "Greedy evaluation episodes per seed at the end.")
 flags.DEFINE_integer(
     "log_points", 20, "At least this many metrics.jsonl lines (chunks must divide the updates)."
 )
 FLAGS = flags.FLAGS
+
+OUTPUTS = ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint", "checkpoints",
+           "tensorboard")
+
+
+def check_resume(workdir: str, config) -> None:
+    """Raises ConfigError unless ``workdir`` holds a run made with this config and seed."""
+    import dataclasses
+
+    from jaxrl_dist import writers
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise errors.ConfigError(f"--resume: {workdir} holds no run (no config.json)")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    now = {k: writers.jsonable(v) for k, v in dataclasses.asdict(config).items()}
+    now.update(agent=config.agent, seed=FLAGS.seed, num_seeds=FLAGS.num_seeds)
+    for name, value in now.items():
+        if saved.get(name) != value:
+            raise errors.ConfigError(
+                f"--resume: the run in {workdir} has {name}={saved.get(name)!r}, "
+                f"the flags give {value!r}; resume with the same settings"
+            )
 
 
 def main(argv):
@@ -36,16 +74,38 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
     try:
+        dist = cli.distributed_settings_from_flags()
+        cli.check_positive(
+            eval_episodes=FLAGS.eval_episodes, log_points=FLAGS.log_points,
+            checkpoint_every=FLAGS.checkpoint_every,
+        )
+        if FLAGS.resume and (FLAGS.overwrite or not FLAGS.workdir):
+            raise errors.ConfigError(
+                "--resume needs the run's --workdir and cannot be combined with --overwrite"
+            )
+    except errors.ConfigError as e:
+        cli.fail(str(e))
+
+    from jaxrl_dist import distributed
+
+    # Joins the other processes before anything else touches JAX.
+    distributed.initialize(dist)
+    try:
         config = cli.config_from_flags()
         host = cli.host_settings_from_flags()
-        cli.check_positive(eval_episodes=FLAGS.eval_episodes, log_points=FLAGS.log_points)
         workdir = FLAGS.workdir or os.path.join(
             "runs", f"{FLAGS.env.replace(':', '-')}-{FLAGS.agent}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
-        if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and not FLAGS.overwrite:
+        if FLAGS.resume:
+            if host is not None:
+                raise errors.ConfigError(
+                    f"--resume applies only to on-device envs (gymnax), not --env={FLAGS.env}"
+                )
+            check_resume(workdir, config)
+        elif os.path.exists(os.path.join(workdir, "metrics.jsonl")) and not FLAGS.overwrite:
             raise errors.ConfigError(
                 f"--workdir={workdir} already holds a run (metrics.jsonl); "
-                "choose a new --workdir or pass --overwrite"
+                "choose a new --workdir, pass --overwrite, or --resume it"
             )
     except errors.ConfigError as e:
         cli.fail(str(e))
@@ -53,16 +113,19 @@ def main(argv):
     from jaxrl_dist import training
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
-    if FLAGS.overwrite and os.path.exists(workdir):
+    if FLAGS.overwrite and os.path.exists(workdir) and distributed.is_primary():
         import shutil
 
-        for name in ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint",
-                     "tensorboard"):
+        for name in OUTPUTS:
             path = os.path.join(workdir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
+    if distributed.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("workdir cleared")
     os.makedirs(workdir, exist_ok=True)
     settings = training.RunSettings(
         seed=FLAGS.seed,
@@ -70,28 +133,42 @@ def main(argv):
         num_devices=FLAGS.num_devices,
         eval_episodes=FLAGS.eval_episodes,
         log_points=FLAGS.log_points,
+        checkpoint_every=FLAGS.checkpoint_every,
+        resume=FLAGS.resume,
     )
-    print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+    primary = distributed.is_primary()
+    if primary:
+        print(f"workdir: {os.path.abspath(workdir)}", flush=True)
     progress = lambda s: print(s, flush=True)
-    if host is None:
-        training.train(config, settings, workdir, progress=progress)
-    else:
-        from jaxrl_dist import host_training
+    try:
+        if host is None:
+            training.train(config, settings, workdir, progress=progress)
+        else:
+            from jaxrl_dist import host_training
 
-        try:
             host_training.train_host(config, settings, host, workdir, progress=progress)
-        except (KeyboardInterrupt, errors.ActorError) as e:
-            saved = os.path.join(workdir, "checkpoint")
-            saved = f"last update's parameters in {saved}" if os.path.isdir(saved) else (
-                "no update had finished, nothing saved"
-            )
-            interrupted = isinstance(e, KeyboardInterrupt)
-            sys.stderr.write(
-                ("interrupted" if interrupted else f"error: {e}")
-                + f"; actor threads joined; {saved}\n"
-            )
-            sys.exit(130 if interrupted else 1)
-    print(f"wrote metrics.jsonl, config.json, checkpoint/, learning_curve.png to {workdir}")
+    except errors.ConfigError as e:
+        cli.fail(str(e))
+    except errors.NonFiniteError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(1)
+    except (KeyboardInterrupt, errors.ActorError) as e:
+        if host is None:
+            sys.stderr.write("interrupted; state saved in checkpoints/ (continue with --resume)\n")
+            sys.exit(130)
+        saved = os.path.join(workdir, "checkpoint")
+        saved = f"last update's parameters in {saved}" if os.path.isdir(saved) else (
+            "no update had finished, nothing saved"
+        )
+        interrupted = isinstance(e, KeyboardInterrupt)
+        sys.stderr.write(
+            ("interrupted" if interrupted else f"error: {e}")
+            + f"; actor threads joined; {saved}\n"
+        )
+        sys.exit(130 if interrupted else 1)
+    if primary:
+        print(f"wrote metrics.jsonl, config.json, checkpoints/, checkpoint/, "
+              f"learning_curve.png to {workdir}")
 
 
 if __name__ == "__main__":

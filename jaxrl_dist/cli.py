@@ -102,6 +102,40 @@ def define_agent_flags() -> None:
     )
 
 
+def define_distributed_flags() -> None:
+    """Flags of a multi-process run (``jax.distributed``); see ``distributed.py``."""
+    flags.DEFINE_string(
+        "coordinator_address", None, "Multi-process: host:port of process 0's coordinator."
+    )
+    flags.DEFINE_integer("num_processes", 1, "Multi-process: number of processes.")
+    flags.DEFINE_integer("process_id", 0, "Multi-process: this process's index.")
+    flags.DEFINE_bool(
+        "cluster_detection", False,
+        "Multi-process: let JAX detect the cluster layout (SLURM, Open MPI, TPU pods).",
+    )
+    flags.DEFINE_integer(
+        "heartbeat_timeout_s", 30,
+        "Multi-process: seconds after which a silent peer stops the run with an error.",
+    )
+
+
+def distributed_settings_from_flags():
+    """Validated ``DistributedSettings`` from the multi-process flags (no JAX call).
+
+    Raises:
+      ConfigError: a bad value.
+    """
+    from jaxrl_dist import distributed
+
+    return distributed.DistributedSettings(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+        cluster_detection=FLAGS.cluster_detection,
+        heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
+    ).validate()
+
+
 def fail(message: str) -> None:
     """Prints ``error: message`` on one line to stderr and exits with code 2."""
     sys.stderr.write(f"error: {message}\n")
@@ -258,6 +292,14 @@ def config_from_flags():
 
         layout = host_settings_from_flags()
         return host_training.host_config(config, layout).validate(len(layout.learner_devices))
+    import jax
+
+    if jax.process_count() > 1 and FLAGS.num_devices not in (None, jax.device_count()):
+        raise errors.ConfigError(
+            f"--num_devices must be unset in a multi-process run (the mesh spans all "
+            f"{jax.device_count()} devices of {jax.process_count()} processes), "
+            f"got {FLAGS.num_devices}"
+        )
     mesh = parallel.make_mesh(FLAGS.num_devices)
     config.validate(mesh.size)
     return config

@@ -12,3 +12,11 @@ class ConfigError(ValueError):
 
 class ActorError(RuntimeError):
     """An actor thread failed (or stalled); the run was stopped and its threads joined."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, metric or parameter became NaN or infinite; the run was stopped.
+
+    The message names the first bad update and the metrics; the last checkpoint
+    (saved before that update) is kept.
+    """

@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, (np.floating, float)):
         value = float(value)
         return value if math.isfinite(value) else None
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
+        return [jsonable(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -29,18 +29,37 @@ class MetricsWriter:
 
     Non-finite floats are written as ``null`` in JSON and skipped in TensorBoard.
     Call from the host loop's thread only.
+
+    Args:
+      workdir: the run's directory.
+      keep: when resuming, the records to keep: metrics.jsonl is atomically
+        rewritten with just these (dropping what a killed run logged after its
+        last checkpoint) before appending.
+      purge_step: when resuming, TensorBoard discards the earlier events at
+        steps >= this (tensorboardX ``purge_step``).
     """
 
-    def __init__(self, workdir: str):
+    def __init__(
+        self, workdir: str, keep: list[dict[str, Any]] | None = None,
+        purge_step: int | None = None,
+    ):
         from tensorboardX import SummaryWriter
 
         self.path = os.path.join(workdir, "metrics.jsonl")
+        if keep is not None:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                for record in keep:
+                    f.write(json.dumps({k: jsonable(v) for k, v in record.items()}) + "\n")
+            os.replace(tmp, self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+        self._tb = SummaryWriter(
+            os.path.join(workdir, "tensorboard"), flush_secs=10, purge_step=purge_step
+        )
         self._step = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        self._file.write(json.dumps({k: jsonable(v) for k, v in record.items()}) + "\n")
         self._file.flush()
         self._step = int(record.get("env_steps", self._step))
         for name, value in record.items():
@@ -61,7 +80,7 @@ def write_config(workdir: str, config: Any, **extra: Any) -> str:
     path = os.path.join(workdir, "config.json")
     record = dict(dataclasses.asdict(config), **extra)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({k: _jsonable(v) for k, v in record.items()}, f, indent=2, sort_keys=True)
+        json.dump({k: jsonable(v) for k, v in record.items()}, f, indent=2, sort_keys=True)
     return path
 
 

@@ -44,6 +44,12 @@ class TrainState(NamedTuple):
 # Metrics summed over devices and updates (the rest are averaged).
 SUM_METRICS = ("episodes", "episode_return_sum", "episode_length_sum")
 
+# Guards computed with every chunk (not logged): the first update of the chunk with
+# a non-finite metric (-1: none), and whether every parameter is finite after it.
+NONFINITE_UPDATE = "guard/nonfinite_update"
+PARAMS_FINITE = "guard/params_finite"
+GUARD_METRICS = (NONFINITE_UPDATE, PARAMS_FINITE)
+
 STATE_SPECS = TrainState(
     params=P(), opt_state=P(), env_state=P(None, parallel.DATA_AXIS), update_step=P(),
     agent_state=P(),
@@ -257,18 +263,30 @@ class OnDeviceLearner:
         """A jitted ``(state, key[S]) -> (state, metrics)`` running ``num_updates`` updates.
 
         Metrics are reduced on device over the updates: ``SUM_METRICS`` are summed,
-        the rest averaged, all with a leading seed axis ``[S]``. The input state is
-        donated.
+        the rest averaged, all with a leading seed axis ``[S]``; ``GUARD_METRICS``
+        say which update first had a non-finite metric and whether the final
+        parameters are finite. The input state is donated.
         """
 
         def local_chunk(state, key):
             def body(carry, _):
                 return self._local_update(carry, key)
 
+            first_update = state.update_step
             state, metrics = jax.lax.scan(body, state, None, length=num_updates)
             reduced = {
                 k: jnp.sum(v) if k in SUM_METRICS else jnp.mean(v) for k, v in metrics.items()
             }
+            finite = jnp.stack([
+                jnp.isfinite(v) for v in metrics.values()
+                if jnp.issubdtype(v.dtype, jnp.floating)
+            ]).all(axis=0)  # [num_updates]
+            reduced[NONFINITE_UPDATE] = jnp.where(
+                finite.all(), -1, first_update + 1 + jnp.argmin(finite)
+            ).astype(jnp.int32)
+            reduced[PARAMS_FINITE] = jnp.all(jnp.stack([
+                jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)
+            ]))
             return state, reduced
 
         sharded = parallel.shard_map(

@@ -1,0 +1,75 @@
+"""Several processes through jax.distributed (gloo on CPU), on localhost.
+
+A 2-process run (one CPU device each) must compute what 1 process with 2
+devices computes for the same global batch: the mesh spans both processes and
+gradients are all-reduced across them.
+"""
+
+import json
+import time
+
+import pytest
+
+from tests import multiprocess as mp
+
+ARGS = ["--total_steps=12288", "--num_envs=8", "--rollout_len=64", "--eval_episodes=2",
+        "--log_points=3", "--compilation_cache="]
+
+
+def last_line(workdir):
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def logged(records):
+    skip = {"wall_s", "sps", "compile_s", "train_s"}
+    return [{k: v for k, v in r.items() if k not in skip} for r in records]
+
+
+@pytest.mark.parametrize("agent", ["ppo", "apex"])
+def test_two_processes_equal_one_process_with_two_devices(tmp_path, agent):
+    args = [*ARGS, f"--agent={agent}"]
+    if agent == "apex":
+        args += ["--buffer_capacity=4096", "--batch_size=32", "--learning_starts=256",
+                 "--rollout_len=8", "--num_envs=16", "--total_steps=4096"]
+        args = [a for a in args if not a.startswith(("--rollout_len=64", "--num_envs=8",
+                                                     "--total_steps=12288"))]
+    procs = mp.start_processes(mp.TRAIN, [*args, f"--workdir={tmp_path / 'two'}"], 2)
+    single = mp.start(mp.TRAIN, [*args, f"--workdir={tmp_path / 'one'}"], devices=2)
+    results = mp.wait_all([*procs, single])
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    two, one = last_line(tmp_path / "two"), last_line(tmp_path / "one")
+    assert two[-1]["params_sha256"] == one[-1]["params_sha256"]
+    for a, b in zip(logged(two), logged(one), strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], str):
+                assert a[k] == b[k], k
+            else:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6, nan_ok=True), k
+    # Only process 0 printed progress and wrote the outputs.
+    assert "env_steps" in results[0][1] and "env_steps" not in results[1][1]
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["num_processes"] == 2 and config["num_devices_used"] == 2
+
+
+def test_a_dead_peer_stops_the_other_process_with_an_error(tmp_path):
+    args = [*ARGS, "--total_steps=2000000", "--log_points=200", "--checkpoint_every=1000000",
+            "--heartbeat_timeout_s=10", f"--workdir={tmp_path / 'run'}"]
+    procs = mp.start_processes(mp.TRAIN, args, 2)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert time.time() < deadline and procs[0].poll() is None, procs[0].stderr.read()
+        time.sleep(0.2)
+    procs[1].kill()
+    killed_at = time.time()
+    try:
+        _, err = procs[0].communicate(timeout=90)
+    except Exception:
+        procs[0].kill()
+        raise
+    assert procs[0].returncode != 0
+    assert time.time() - killed_at < 90
+    assert "error:" in err, err[-2000:]
