@@ -9,6 +9,10 @@ Host actors (--env=gymnasium:<id>): training steps/s is reported beside the raw
 rate of the same vector envs stepped with random actions by the same threads
 (no inference, no learning), and their ratio.
 
+Throughput across devices and processes, with scaling efficiency (see sweep.py):
+
+    python experiments/benchmark.py --sweep --num_envs=256 --total_steps=2000000
+
 Compiles first (timed as compile_s), then times the training run through the
 same host loop as experiments/train.py. Prints a table and, as its last line,
 one JSON object with sps, compile_s, env_steps, num_devices, backend, ...
@@ -20,13 +24,18 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 
 from absl import app, flags, logging
 
 from jaxrl_dist import cli, errors
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sweep  # noqa: E402
+
 cli.define_agent_flags()
+cli.define_distributed_flags()
 flags.DEFINE_float(
     "raw_seconds", 5.0, "Host actors: seconds of random-action stepping for the raw rate."
 )
@@ -41,11 +50,23 @@ def main(argv):
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
     t0 = time.time()
     try:
+        dist = cli.distributed_settings_from_flags()
+        if FLAGS.sweep:
+            sweep.check_flags()
+    except errors.ConfigError as e:
+        cli.fail(str(e))
+    from jaxrl_dist import distributed
+
+    distributed.initialize(dist)
+    try:
         config = cli.config_from_flags()
         host = cli.host_settings_from_flags()
         cli.check_positive(repeats=FLAGS.repeats)
     except errors.ConfigError as e:
         cli.fail(str(e))
+    if FLAGS.sweep:
+        sweep.run_sweep(config)
+        return
     import jax
 
     from jaxrl_dist import training

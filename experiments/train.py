@@ -37,6 +37,9 @@ flags.DEFINE_integer(
     "checkpoint_every", None,
     "Updates between whole-run checkpoints (default: about a tenth of the run).",
 )
+flags.DEFINE_string(
+    "wandb_project", None, "Also log metrics to this Weights & Biases project (needs wandb)."
+)
 flags.DEFINE_integer("eval_episodes", 32, "Greedy evaluation episodes per seed at the end.")
 flags.DEFINE_integer(
     "log_points", 20, "At least this many metrics.jsonl lines (chunks must divide the updates)."
@@ -79,6 +82,9 @@ def main(argv):
             eval_episodes=FLAGS.eval_episodes, log_points=FLAGS.log_points,
             checkpoint_every=FLAGS.checkpoint_every,
         )
+        from jaxrl_dist import writers
+
+        writers.check_wandb(FLAGS.wandb_project)
         if FLAGS.resume and (FLAGS.overwrite or not FLAGS.workdir):
             raise errors.ConfigError(
                 "--resume needs the run's --workdir and cannot be combined with --overwrite"
@@ -135,6 +141,7 @@ def main(argv):
         log_points=FLAGS.log_points,
         checkpoint_every=FLAGS.checkpoint_every,
         resume=FLAGS.resume,
+        wandb_project=FLAGS.wandb_project,
     )
     primary = distributed.is_primary()
     if primary:

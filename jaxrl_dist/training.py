@@ -45,6 +45,7 @@ class RunSettings:
     progress_every_s: float = 2.0
     checkpoint_every: int | None = None
     resume: bool = False
+    wandb_project: str | None = None  # also log to Weights & Biases (process 0 only)
 
 
 # Settings that change what a run computes: a resumed run must match them.
@@ -197,6 +198,8 @@ def train(
         writer = writers.MetricsWriter(
             workdir, history if settings.resume else None,
             purge_step=start_update * config.steps_per_update + 1 if settings.resume else None,
+            wandb_project=settings.wandb_project,
+            config=dict(dataclasses.asdict(config), agent=config.agent, seed=settings.seed),
         )
         writers.write_config(
             workdir, config, agent=config.agent, **dataclasses.asdict(settings),

@@ -37,12 +37,23 @@ class MetricsWriter:
         last checkpoint) before appending.
       purge_step: when resuming, TensorBoard discards the earlier events at
         steps >= this (tensorboardX ``purge_step``).
+      wandb_project: also log to this Weights & Biases project (``wandb.init``
+        here, ``wandb.log`` on each write, ``finish`` on close, all from the
+        calling thread: the host loop's, never an actor's).
+      config: the run's config, for W&B.
+
+    Raises:
+      ConfigError: ``wandb_project`` is given but wandb is not installed.
     """
 
     def __init__(
         self, workdir: str, keep: list[dict[str, Any]] | None = None,
-        purge_step: int | None = None,
+        purge_step: int | None = None, wandb_project: str | None = None,
+        config: dict[str, Any] | None = None,
     ):
+        self._wandb = None
+        if wandb_project:
+            self._wandb = start_wandb(wandb_project, workdir, config or {})
         from tensorboardX import SummaryWriter
 
         self.path = os.path.join(workdir, "metrics.jsonl")
@@ -69,10 +80,45 @@ class MetricsWriter:
                 continue
             if math.isfinite(float(value)) and name != "env_steps":
                 self._tb.add_scalar(name, float(value), self._step)
+        if self._wandb is not None:
+            self._wandb.log(
+                {k: float(v) for k, v in record.items()
+                 if isinstance(v, (int, float, np.integer, np.floating))
+                 and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))},
+                step=self._step,
+            )
 
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def check_wandb(project: str | None) -> None:
+    """Raises ConfigError when ``--wandb_project`` is set but wandb cannot be imported."""
+    if project:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            from jaxrl_dist import errors
+
+            raise errors.ConfigError(
+                "--wandb_project needs the wandb package: pip install wandb "
+                "(or leave --wandb_project unset)"
+            ) from None
+
+
+def start_wandb(project: str, workdir: str, config: dict[str, Any]):
+    """A W&B run in ``project`` for ``workdir`` (its name; resumed when the id exists)."""
+    check_wandb(project)
+    import wandb
+
+    run_id = os.path.basename(os.path.abspath(workdir))
+    return wandb.init(
+        project=project, dir=workdir, name=run_id, id=run_id, resume="allow",
+        config={k: jsonable(v) for k, v in config.items()},
+    )
 
 
 def write_config(workdir: str, config: Any, **extra: Any) -> str:

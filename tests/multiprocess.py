@@ -22,9 +22,11 @@ def child_env(devices: int) -> dict:
     return env
 
 
-def start(script: str, args: list[str], devices: int = 1, **popen) -> subprocess.Popen:
+def start(script: str, args: list[str], devices: int = 1, env_extra: dict | None = None,
+          **popen) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, script, *args], env=child_env(devices), cwd=ROOT, text=True,
+        [sys.executable, script, *args], env=dict(child_env(devices), **(env_extra or {})),
+        cwd=ROOT, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen,
     )
 
