@@ -127,16 +127,19 @@ def run_sweep(config) -> list[dict]:
         })
         print(f"{kind:>9} n={n}: {result['sps']:>10,} sps (compile {result['compile_s']} s)",
               flush=True)
-    for kind in ("devices", "processes"):
-        base = [r for r in rows if r["kind"] == kind and r["n"] == 1]
-        for r in rows:
-            if r["kind"] == kind:
-                r["efficiency"] = round(r["sps"] / (r["n"] * base[0]["sps"]), 3) if base else ""
-    _write(out, rows, config)
+    for r in rows:
+        r["efficiency"] = efficiency(rows, r)
+    write_outputs(out, rows, config)
     return rows
 
 
-def _write(out: str, rows: list[dict], config) -> None:
+def efficiency(rows: list[dict], row: dict) -> float | str:
+    """``SPS(n) / (n * SPS(1))`` against the ``n = 1`` row of the same kind ('' if none)."""
+    base = [r for r in rows if r["kind"] == row["kind"] and r["n"] == 1]
+    return round(row["sps"] / (row["n"] * base[0]["sps"]), 3) if base else ""
+
+
+def write_outputs(out: str, rows: list[dict], config) -> None:
     with open(os.path.join(out, "sweep.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
