@@ -136,6 +136,15 @@ def distributed_settings_from_flags():
     ).validate()
 
 
+def check_single_process_host_actors(dist) -> None:
+    """Raises ConfigError for a multi-process run with host actors (not supported yet)."""
+    if dist.multi_process and FLAGS.env.startswith("gymnasium:"):
+        raise errors.ConfigError(
+            f"--num_processes > 1 is not supported with host actors (--env={FLAGS.env}) yet; "
+            "multi-process runs use gymnax envs (on-device acting)"
+        )
+
+
 def fail(message: str) -> None:
     """Prints ``error: message`` on one line to stderr and exits with code 2."""
     sys.stderr.write(f"error: {message}\n")
