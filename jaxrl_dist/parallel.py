@@ -7,6 +7,7 @@ replicated, and gradients are averaged with ``lax.pmean`` inside
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -47,11 +48,35 @@ def axis_index() -> jax.Array:
     return jax.lax.axis_index(DATA_AXIS)
 
 
+def _packed(collective, tree):
+    """``collective`` on all leaves of ``tree`` as ONE flat array per dtype.
+
+    One all-reduce instead of one per leaf: across processes (gloo, NCCL over
+    the network) every collective pays a fixed latency, and XLA does not
+    always combine them. Elementwise, so results equal the per-leaf ones.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if len(leaves) <= 1:
+        return jax.tree.unflatten(treedef, [collective(x) for x in leaves])
+    groups: dict = {}
+    for i, x in enumerate(leaves):
+        groups.setdefault(jnp.result_type(x), []).append(i)
+    out = list(leaves)
+    for indices in groups.values():
+        flat = collective(jnp.concatenate([jnp.ravel(leaves[i]) for i in indices]))
+        offset = 0
+        for i in indices:
+            size = int(np.prod(jnp.shape(leaves[i])))
+            out[i] = flat[offset:offset + size].reshape(jnp.shape(leaves[i]))
+            offset += size
+    return jax.tree.unflatten(treedef, out)
+
+
 def pmean(tree):
-    """Mean over the data axis (inside ``shard_map``)."""
-    return jax.lax.pmean(tree, DATA_AXIS)
+    """Mean over the data axis (inside ``shard_map``), one all-reduce per dtype."""
+    return _packed(lambda x: jax.lax.pmean(x, DATA_AXIS), tree)
 
 
 def psum(tree):
-    """Sum over the data axis (inside ``shard_map``)."""
-    return jax.lax.psum(tree, DATA_AXIS)
+    """Sum over the data axis (inside ``shard_map``), one all-reduce per dtype."""
+    return _packed(lambda x: jax.lax.psum(x, DATA_AXIS), tree)

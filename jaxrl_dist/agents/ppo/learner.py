@@ -104,7 +104,8 @@ class Learner(on_device.OnDeviceLearner):
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics["opt/grad_norm"] = optax.tree.norm(grads)
-        return (params, opt_state, kl_beta), parallel.pmean(metrics)
+        # Local metrics; averaged over devices once per update (in ``learn``).
+        return (params, opt_state, kl_beta), metrics
 
     def _minibatches(self, batch: Batch, key: jax.Array, env_ids: jax.Array) -> Batch:
         """Shuffles time per env and cuts ``[T, B_local]`` into ``[M, T/t, B_local/g]``."""
@@ -147,7 +148,7 @@ class Learner(on_device.OnDeviceLearner):
             (params, opt_state, agent_state.kl_beta),
             jax.random.split(key, cfg.num_epochs),
         )
-        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics = parallel.pmean(jax.tree.map(jnp.mean, metrics))
         if cfg.objective == "kl":
             kl_beta = losses.adapt_kl_beta(kl_beta, metrics["ppo/kl"], cfg.kl_target)
         metrics["ppo/kl_beta"] = kl_beta
