@@ -26,7 +26,7 @@ def logged(records):
     return [{k: v for k, v in r.items() if k not in skip} for r in records]
 
 
-@pytest.mark.parametrize("agent", ["ppo", "apex"])
+@pytest.mark.parametrize("agent", ["ppo", pytest.param("apex", marks=pytest.mark.slow)])
 def test_two_processes_equal_one_process_with_two_devices(tmp_path, agent):
     args = [*ARGS, f"--agent={agent}"]
     if agent == "apex":
