@@ -17,12 +17,14 @@ entry point exits non-zero.
 import dataclasses
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_dist import checkpoint, errors, evaluation, parallel, types, writers
@@ -210,7 +212,10 @@ def train_host(
     actor_devices = [devices[i] for i in host.actor_devices]
     num_updates = config.num_updates
     log_every = max(1, num_updates // max(1, settings.log_points))
-    writer = writers.MetricsWriter(workdir) if workdir else None
+    writer = writers.MetricsWriter(
+        workdir, wandb_project=settings.wandb_project,
+        config=dict(dataclasses.asdict(config), agent=config.agent, seed=settings.seed),
+    ) if workdir else None
     if workdir:
         writers.write_config(
             workdir, config, agent=config.agent, acting="host", **dataclasses.asdict(settings),
@@ -272,6 +277,10 @@ def train_host(
     history: list[dict] = []
     lags_all: list[int] = []
     finished = False
+    all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
+        [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    )))
+    good = (0, state.params)  # (update, params) at the last log point whose values were finite
     t_train = time.time()
     for thread in threads:
         thread.start()
@@ -301,6 +310,8 @@ def train_host(
                 now - t_last_log,
             )
             lags_all.extend(interval.lags)
+            _check_finite(interval, u + 1, bool(all_finite(state.params)), good[0])
+            good = (u + 1, state.params)
             interval, t_last_log = _Interval(), now
             history.append(record)
             if writer:
@@ -320,8 +331,12 @@ def train_host(
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if not finished and workdir:
-            # The last finished update's parameters: a consistent, loadable checkpoint.
-            checkpoint.save_params(os.path.join(workdir, "checkpoint"), state.params)
+            # The last finished update's parameters (after a non-finite value: those of
+            # the last log point where everything was finite): loadable and good.
+            bad = isinstance(sys.exc_info()[1], errors.NonFiniteError)
+            checkpoint.save_params(
+                os.path.join(workdir, "checkpoint"), good[1] if bad else state.params
+            )
             if writer:
                 writer.close()
     train_s = time.time() - t_train
@@ -364,6 +379,24 @@ def train_host(
         writers.plot_learning_curve(workdir, steps, curve, title)
     return dict(summary, **{"eval/returns": eval_returns[None], "params": params,
                             "history": history, "state": state})
+
+
+def _check_finite(interval: _Interval, done_updates: int, params_finite: bool,
+                  good_update: int) -> None:
+    """Raises NonFiniteError naming the first update of ``interval`` with a NaN/inf metric."""
+    first = done_updates - len(interval.metrics) + 1
+    for i, metrics in enumerate(jax.device_get(interval.metrics)):
+        names = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+        if names:
+            raise errors.NonFiniteError(
+                f"non-finite {', '.join(names)} at update {first + i}; stopped, parameters of "
+                f"update {good_update} (the last finite ones) saved in checkpoint/"
+            )
+    if not params_finite:
+        raise errors.NonFiniteError(
+            f"non-finite parameters after update {done_updates}; stopped, parameters of "
+            f"update {good_update} (the last finite ones) saved in checkpoint/"
+        )
 
 
 def _record(interval: _Interval, threads, env_steps: int, wall_s: float, dt: float) -> dict:
