@@ -77,7 +77,7 @@ def test_a_dead_peer_stops_the_other_process_with_an_error(tmp_path):
     assert "fatal errors" in err or "error" in err.lower(), err[-2000:]
 
 
-@pytest.mark.parametrize("args, message", [
+MULTIPROCESS_BAD_INPUTS = [
     (["--num_processes=2", "--coordinator_address=localhost"],
      "--coordinator_address must be host:port with --num_processes=2, got 'localhost'"),
     (["--num_processes=2", "--coordinator_address=localhost:1", "--process_id=2"],
@@ -89,7 +89,10 @@ def test_a_dead_peer_stops_the_other_process_with_an_error(tmp_path):
     (["--heartbeat_timeout_s=0"], "--heartbeat_timeout_s must be >= 1, got 0"),
     (["--env=gymnasium:CartPole-v1", "--num_processes=2", "--coordinator_address=localhost:1"],
      "--num_processes > 1 is not supported with host actors"),
-])
+]
+
+
+@pytest.mark.parametrize("args, message", MULTIPROCESS_BAD_INPUTS)
 def test_multi_process_bad_inputs_fail_before_joining(args, message, tmp_path):
     proc = mp.start(mp.TRAIN, [*args, f"--workdir={tmp_path}"])
     _, err = proc.communicate(timeout=60)

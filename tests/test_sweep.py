@@ -37,15 +37,19 @@ def test_sweep_writes_csv_markdown_and_png_with_scaling_efficiency(tmp_path, mon
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--sweep_processes=0"], "--sweep_processes must be integers >= 1"),
-    (["--sweep_devices=a"], "--sweep_devices must be comma-separated integers >= 1"),
-    (["--sweep_processes=64"], "--sweep_processes=64 with --sweep_pin needs that many cores"),
-    (["--num_devices=2"], "--num_devices is set by --sweep"),
-    (["--env=gymnasium:CartPole-v1"], "--sweep measures on-device envs"),
-])
+SWEEP_BAD_INPUTS = [
+    (["--sweep", "--sweep_processes=0"], "--sweep_processes must be integers >= 1"),
+    (["--sweep", "--sweep_devices=a"], "--sweep_devices must be comma-separated integers >= 1"),
+    (["--sweep", "--sweep_processes=64"],
+     "--sweep_processes=64 with --sweep_pin needs that many cores"),
+    (["--sweep", "--num_devices=2"], "--num_devices is set by --sweep"),
+    (["--sweep", "--env=gymnasium:CartPole-v1"], "--sweep measures on-device envs"),
+]
+
+
+@pytest.mark.parametrize("args, message", SWEEP_BAD_INPUTS)
 def test_sweep_bad_inputs(args, message):
-    proc = mp.start(BENCHMARK, ["--sweep", *args])
+    proc = mp.start(BENCHMARK, args)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip().startswith(f"error: {message}"), err

@@ -1,0 +1,22 @@
+"""README's bad-input table lists every bad input the tests try."""
+
+import os
+
+import pytest
+
+from tests import test_cli, test_multihost, test_sweep
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+CASES = [
+    *[("train.py", a, m) for a, m in test_cli.BAD_INPUTS],
+    *[("train.py", a, m) for a, m in test_multihost.MULTIPROCESS_BAD_INPUTS],
+    *[("benchmark.py", a, m) for a, m in test_sweep.SWEEP_BAD_INPUTS],
+]
+
+
+@pytest.mark.parametrize(("script", "args", "message"), CASES)
+def test_bad_input_is_in_the_readme_table(script, args, message):
+    with open(README, encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith(f"| {script} | `{' '.join(args)}` |")]
+    assert rows, f"README's bad-input table lacks {script} {' '.join(args)}"
+    assert message.replace("|", "\\|") in rows[0]
