@@ -60,7 +60,7 @@ def test_a_dead_peer_stops_the_other_process_with_an_error(tmp_path):
     procs = mp.start_processes(mp.TRAIN, args, 2)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
         assert time.time() < deadline and procs[0].poll() is None, procs[0].stderr.read()
         time.sleep(0.2)
     procs[1].kill()
