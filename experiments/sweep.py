@@ -29,7 +29,7 @@ from absl import flags
 from jaxrl_dist import errors
 
 flags.DEFINE_bool("sweep", False, "Measure sps over --sweep_devices and --sweep_processes.")
-flags.DEFINE_list("sweep_devices", ["1"], "Sweep: device counts of one process.")
+flags.DEFINE_list("sweep_devices", ["1"], "Sweep: device counts of one process ('': none).")
 flags.DEFINE_list("sweep_processes", ["1", "2"], "Sweep: process counts (one device each).")
 flags.DEFINE_bool("sweep_pin", True, "Sweep: pin process i of a multi-process run to core i.")
 flags.DEFINE_string("sweep_out", None, "Sweep: output directory (default runs/sweep-<time>).")
@@ -50,7 +50,7 @@ def _counts(name: str) -> list[int]:
         raise errors.ConfigError(
             f"--{name} must be comma-separated integers >= 1, got {','.join(FLAGS[name].value)}"
         ) from None
-    if not values or values[0] < 1:
+    if values and values[0] < 1:
         raise errors.ConfigError(f"--{name} must be integers >= 1, got {values}")
     return values
 
@@ -58,6 +58,8 @@ def _counts(name: str) -> list[int]:
 def check_flags() -> tuple[list[int], list[int]]:
     """``(device counts, process counts)``; raises ConfigError for bad sweep flags."""
     devices, processes = _counts("sweep_devices"), _counts("sweep_processes")
+    if not devices and not processes:
+        raise errors.ConfigError("--sweep_devices and --sweep_processes are both empty")
     if FLAGS.num_devices is not None:
         raise errors.ConfigError("--num_devices is set by --sweep (see --sweep_devices)")
     if FLAGS.sweep_pin and max(processes) > (os.cpu_count() or 1):
