@@ -1,6 +1,13 @@
-"""Test setup: 4 virtual CPU devices for the mesh tests (set before jax is imported)."""
+"""Test setup: 4 virtual CPU devices for the mesh tests (set before jax is imported);
+``fast_compile`` for compile-bound tests; long subprocess runs started in the background.
+"""
 
 import os
+import subprocess
+import threading
+from concurrent.futures import Future
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -8,3 +15,98 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+@pytest.fixture
+def fast_compile():
+    """XLA's backend optimizations off (``jax_disable_most_optimizations``) for a test.
+
+    For compile-bound tests (opt in: ``pytestmark = pytest.mark.usefixtures(
+    "fast_compile")``): each compiles a few learner programs (5-12 s each on a 2-core
+    CPU with the optimizations) and runs them for a handful of tiny updates. Compiling
+    takes about half as long; what the programs compute is unchanged, only their machine
+    code is less optimized. Learning runs (host-actor and CLI) keep the optimizations,
+    and so does every subprocess (this is a jax config value, not an environment one).
+    """
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+class BackgroundRuns:
+    """Subprocess runs made one after another in a background thread.
+
+    A test module declares its runs with a module-level function
+    ``background_runs(items, tmp_path_factory) -> [job, ...]`` (``items``: its selected
+    tests); a job is a dict with ``key``, ``argv``, ``env``, ``cwd`` and optionally
+    ``timeout`` (s, default 600), ``input`` (stdin text) and anything else the test wants
+    back from ``job(key)``. Every selected module's jobs are queued when the session
+    starts, in collection order, and ``result(key)`` waits for one.
+
+    Why: the in-process tests are compile-bound and keep about one of the cores busy; a
+    learning run or a CLI run in a fresh process (jax import, compile, train) uses the
+    other one meanwhile instead of adding its time to the suite's.
+    """
+
+    def __init__(self, jobs):
+        self._jobs = {job["key"]: job for job in jobs}
+        assert len(self._jobs) == len(jobs), "two background jobs with one key"
+        self._futures = {key: Future() for key in self._jobs}
+        self._proc = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._work, name="background-runs", daemon=True)
+        self._thread.start()
+
+    def _work(self):
+        for key, job in self._jobs.items():
+            future = self._futures[key]
+            if self._stopped:
+                future.cancel()
+                continue
+            try:
+                proc = subprocess.Popen(
+                    job["argv"], env=job["env"], cwd=job["cwd"], text=True,
+                    stdin=subprocess.PIPE if job.get("input") is not None else None,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )
+                self._proc = proc
+                try:
+                    out, err = proc.communicate(job.get("input"), timeout=job.get("timeout", 600))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+                future.set_result(subprocess.CompletedProcess(job["argv"], proc.returncode,
+                                                              out, err))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test that asks
+                future.set_exception(e)
+
+    def job(self, key):
+        return self._jobs[key]
+
+    def result(self, key) -> subprocess.CompletedProcess:
+        """The finished run of job ``key`` (waits for it)."""
+        return self._futures[key].result()
+
+    def stop(self):
+        self._stopped = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        self._thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """The session's ``BackgroundRuns`` (see there)."""
+    jobs, modules = [], {}
+    for item in request.session.items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "background_runs"):
+            modules.setdefault(module, []).append(item)
+    for module, items in modules.items():
+        jobs += module.background_runs(items, tmp_path_factory)
+    runs = BackgroundRuns(jobs)
+    yield runs
+    runs.stop()

@@ -12,6 +12,8 @@ import pytest
 from jaxrl_dist import agents, distributions, errors, parallel, types
 from jaxrl_dist.agents.apex import learner as apex
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 SMALL_ALPHA = 0.6
 SMALL = dict(num_envs=8, rollout_len=8, total_steps=8 * 8 * 6, buffer_capacity=1024,
              batch_size=32, learning_starts=128, target_update_period=4, hidden_sizes=(32, 32),

@@ -12,14 +12,25 @@ TRAIN = os.path.join(ROOT, "experiments", "train.py")
 BENCHMARK = os.path.join(ROOT, "experiments", "benchmark.py")
 
 
-def run_script(script, *args, devices=1, timeout=600):
+def script_env(devices=1):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def run_script(script, *args, devices=1, timeout=600, input=None):
     return subprocess.run(
-        [sys.executable, script, *args], capture_output=True, text=True, env=env,
-        timeout=timeout, cwd=ROOT,
+        [sys.executable, script, *args], capture_output=True, text=True,
+        env=script_env(devices), timeout=timeout, cwd=ROOT, input=input,
     )
+
+
+def script_job(key, script, *args, devices=1, timeout=600, input=None, **extra):
+    """``run_script``'s run as a background job (conftest.BackgroundRuns); ``extra`` comes
+    back with ``background.job(key)``."""
+    return dict(key=key, argv=[sys.executable, script, *args], env=script_env(devices),
+                cwd=ROOT, timeout=timeout, input=input, **extra)
 
 
 def read_tensorboard_scalars(directory):
@@ -77,16 +88,92 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
-    workdir = tmp_path / "run"
-    result = run_script(TRAIN, f"--workdir={workdir}", *args, devices=4, timeout=120)
+# train.py's main on many argument lists in ONE process (one python + jax import instead
+# of one per case, ~3.5 s each): flags are parsed afresh for each list, cli.fail raises
+# instead of exiting, and file descriptor 2 is captured per case. A list that passes
+# validation stops before training. SUBPROCESS_CASES run as the real program.
+BATCH_MAIN = r"""
+import importlib.util, json, os, sys, tempfile, traceback
+from absl import flags
+from jaxrl_dist import cli, host_training, training
+
+class Exit(Exception):
+    def __init__(self, code):
+        self.code = code
+
+def fail(message):
+    sys.stderr.write(f"error: {message}\n")
+    raise Exit(2)
+
+def no_training(*args, **kwargs):
+    raise Exit("passed validation, would train")
+
+cli.fail = fail
+training.train = host_training.train_host = no_training
+spec = importlib.util.spec_from_file_location("train_script", sys.argv[1])
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+results = []
+for args in json.load(sys.stdin):
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as err:
+        os.dup2(err.fileno(), 2)
+        try:
+            flags.FLAGS.unparse_flags()
+            train.main(cli.parse_flags([sys.argv[1], *args]))
+            code = 0
+        except Exit as e:
+            code = e.code
+        except SystemExit as e:
+            code = e.code
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        err.seek(0)
+        results.append({"returncode": code, "stderr": err.read().decode()})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def check_bad_input(result, workdir, message):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(background, args, message):
+    batch, job = background.result("cli/bad_inputs"), background.job("cli/bad_inputs")
+    assert batch.returncode == 0, batch.stderr
+    line = batch.stdout.strip().splitlines()[-1]
+    assert line.startswith("RESULTS "), batch.stdout
+    i = job["cases"].index(list(args))
+    r = json.loads(line[len("RESULTS "):])[i]
+    result = subprocess.CompletedProcess(args, r["returncode"], "", r["stderr"])
+    check_bad_input(result, job["workdirs"][i], message)
+
+
+# The real program (exit code from os._exit, nothing shared), one case per stage that
+# rejects: absl's parser, a positional argument, the agent's config, the host layout.
+SUBPROCESS_CASES = [
+    case for case in BAD_INPUTS
+    if case[0] in (["--num_envs=four"], ["extra"], ["--agent=a2c", "--gamma=1.5"],
+                   ["--env=gymnasium:CartPole-v1", "--envs_per_thread=4",
+                    "--learner_devices=1,2,3"])
+]
+
+
+@pytest.mark.parametrize(("args", "message"), SUBPROCESS_CASES)
+def test_bad_input_in_its_own_process(background, args, message):
+    key = ("cli/bad_input", tuple(args))
+    check_bad_input(background.result(key), background.job(key)["workdir"], message)
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
@@ -103,12 +190,9 @@ def test_benchmark_bad_input_exit_2():
 
 
 @pytest.mark.parametrize("agent", ["ppo", "impala"])  # a2c's train.py run: test_learning.py
-def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path, agent):
-    result = run_script(
-        TRAIN, f"--workdir={tmp_path}", f"--agent={agent}", "--total_steps=16384", "--num_envs=8",
-        "--rollout_len=64", "--num_seeds=2", "--eval_episodes=4", "--compilation_cache=",
-        "--num_devices=2", devices=4,
-    )
+def test_train_writes_metrics_config_checkpoint_and_plot(background, agent):
+    result = background.result(("cli/train", agent))
+    tmp_path = background.job(("cli/train", agent))["workdir"]
     assert result.returncode == 0, result.stderr
     assert "env_steps" in result.stdout and "sps" in result.stdout
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -149,9 +233,8 @@ def test_train_writes_metrics_config_checkpoint_and_plot(tmp_path, agent):
 
 
 @pytest.mark.parametrize("agent", ["ppo", "impala"])  # a2c: same code path as impala
-def test_benchmark_prints_table_and_json(agent):
-    result = run_script(BENCHMARK, f"--agent={agent}", "--total_steps=8192", "--num_envs=16",
-                        "--rollout_len=32")
+def test_benchmark_prints_table_and_json(background, agent):
+    result = background.result(("cli/benchmark", agent))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert any("env steps/s (after compile)" in line for line in lines)
@@ -173,3 +256,37 @@ def test_agent_that_cannot_act_in_the_action_space(monkeypatch):
         "--agent=discrete_only acts in Discrete action spaces; --env=Pendulum-v1 has Box"
     )
     cli.check_env_and_agent("discrete_only", "CartPole-v1")  # no error
+
+
+def background_runs(items, tmp_path_factory):
+    """This module's subprocess runs, made in the background (conftest.BackgroundRuns)."""
+    jobs = []
+    cases = [item.callspec.params["args"] for item in items
+             if item.originalname == "test_bad_input_is_one_line_exit_2_and_writes_nothing"]
+    if cases:
+        root = tmp_path_factory.mktemp("bad_inputs")
+        workdirs = [root / f"run{i}" for i in range(len(cases))]
+        argvs = [[f"--workdir={w}", *args] for w, args in zip(workdirs, cases, strict=True)]
+        jobs.append(script_job("cli/bad_inputs", "-c", BATCH_MAIN, TRAIN, devices=4,
+                               input=json.dumps(argvs), cases=cases, workdirs=workdirs))
+    for item in items:
+        params = getattr(item, "callspec", None) and item.callspec.params
+        if item.originalname == "test_bad_input_in_its_own_process":
+            workdir = tmp_path_factory.mktemp("bad_input") / "run"
+            jobs.append(script_job(("cli/bad_input", tuple(params["args"])), TRAIN,
+                                   f"--workdir={workdir}", *params["args"], devices=4,
+                                   timeout=120, workdir=workdir))
+        elif item.originalname == "test_train_writes_metrics_config_checkpoint_and_plot":
+            workdir = tmp_path_factory.mktemp(f"train_{params['agent']}")
+            jobs.append(script_job(
+                ("cli/train", params["agent"]), TRAIN, f"--workdir={workdir}",
+                f"--agent={params['agent']}", "--total_steps=16384", "--num_envs=8",
+                "--rollout_len=64", "--num_seeds=2", "--eval_episodes=4", "--compilation_cache=",
+                "--num_devices=2", devices=4, workdir=workdir,
+            ))
+        elif item.originalname == "test_benchmark_prints_table_and_json":
+            jobs.append(script_job(
+                ("cli/benchmark", params["agent"]), BENCHMARK, f"--agent={params['agent']}",
+                "--total_steps=8192", "--num_envs=16", "--rollout_len=32",
+            ))
+    return jobs

@@ -7,6 +7,8 @@ import pytest
 from jaxrl_dist import errors, losses
 from jaxrl_dist.envs import gymnax_env
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 
 def short_cartpole(max_steps=10):
     _, params = gymnax.make("CartPole-v1")

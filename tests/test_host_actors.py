@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
+from test_cli import script_job
 
 from jaxrl_dist import agents, checkpoint, errors, host_training, training
 from jaxrl_dist.envs import gymnasium_env
@@ -46,6 +47,7 @@ def assert_replicated_on(params, device_ids):
             np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(shards[0].data))
 
 
+@pytest.mark.usefixtures("fast_compile")  # a few updates: compile-bound
 @pytest.mark.parametrize("agent", ["ppo"])  # IMPALA on this layout: the determinism test
 def test_one_actor_device_three_learner_devices_keep_identical_params(agent, tmp_path):
     host = host_training.HostSettings(
@@ -71,6 +73,7 @@ def test_one_actor_device_three_learner_devices_keep_identical_params(agent, tmp
     )
 
 
+@pytest.mark.usefixtures("fast_compile")  # a few updates: compile-bound
 def test_deterministic_mode_reproduces_the_run_and_pins_the_lag_to_one():
     host = host_training.HostSettings(
         actor_threads=2, envs_per_thread=3, actor_devices=(0,), learner_devices=(1, 2, 3),
@@ -107,6 +110,7 @@ gymnasium.register(
 )
 
 
+@pytest.mark.usefixtures("fast_compile")  # a few updates: compile-bound
 def test_a_crashing_env_is_recreated_counted_and_training_goes_on(tmp_path):
     FlakyCartPole.counter = itertools.count(1)
     host = host_training.HostSettings(actor_threads=2, envs_per_thread=3, learner_devices=(0,))
@@ -132,6 +136,7 @@ class WrongShapeEnv(gymnasium_env.VectorEnv):
         self.obs = np.zeros((self.num_envs, 7), np.float32)
 
 
+@pytest.mark.usefixtures("fast_compile")  # a few updates: compile-bound
 def test_a_fatal_actor_error_stops_the_run_joins_threads_and_keeps_a_checkpoint(tmp_path):
     host = host_training.HostSettings(actor_threads=2, envs_per_thread=2, learner_devices=(0,))
     t0 = time.perf_counter()
@@ -161,6 +166,7 @@ class StallingEnv(gymnasium_env.VectorEnv):
         return super().step(action)
 
 
+@pytest.mark.usefixtures("fast_compile")  # a few updates: compile-bound
 def test_a_stalled_actor_is_an_error_not_a_hang():
     host = host_training.HostSettings(
         actor_threads=1, envs_per_thread=2, learner_devices=(0,), stall_timeout_s=0.5
@@ -244,21 +250,47 @@ HOST_LEARNING = {
 }
 
 
+# One host-actor learning run in a fresh process (made in the background while other
+# tests run, see conftest.BackgroundRuns): train_host as below, summary on the last line.
+HOST_LEARNING_MAIN = r"""
+import json, sys
+from jaxrl_dist import agents, host_training, training
+agent, threads, envs, overrides = json.loads(sys.argv[1])
+host = host_training.HostSettings(actor_threads=threads, envs_per_thread=envs,
+                                  deterministic=True, learner_devices=(0,))
+config = agents.default_config(agent, "gymnasium:CartPole-v1", **overrides)
+summary = host_training.train_host(
+    config, training.RunSettings(eval_episodes=32, log_points=10, progress_every_s=1e9),
+    host, None, progress=lambda s: None,
+)
+print("SUMMARY " + json.dumps({k: summary[k] for k in
+                               ("env_steps", "eval/episode_return", "policy_lag/max")}))
+"""
+
+
+def background_runs(items, tmp_path_factory):
+    del tmp_path_factory
+    return [
+        script_job(("host_learning", agent), "-c", HOST_LEARNING_MAIN,
+                   json.dumps([agent, *HOST_LEARNING[agent]]), devices=4)
+        for agent in (item.callspec.params["agent"] for item in items
+                      if item.originalname == "test_host_actors_solve_gymnasium_cartpole")
+    ]
+
+
 @pytest.mark.parametrize("agent", sorted(HOST_LEARNING))
-def test_host_actors_solve_gymnasium_cartpole(agent):
-    threads, envs, overrides = HOST_LEARNING[agent]
-    host = host_training.HostSettings(actor_threads=threads, envs_per_thread=envs,
-                                      deterministic=True, learner_devices=(0,))
-    config = agents.default_config(agent, "gymnasium:CartPole-v1", **overrides)
-    summary = host_training.train_host(
-        config, training.RunSettings(eval_episodes=32, log_points=10, progress_every_s=1e9),
-        host, None, progress=lambda s: None,
-    )
+def test_host_actors_solve_gymnasium_cartpole(background, agent):
+    result = background.result(("host_learning", agent))
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("SUMMARY "), result.stdout
+    summary = json.loads(line[len("SUMMARY "):])
     assert summary["env_steps"] <= 1_000_000
     assert summary["eval/episode_return"] >= 475, summary["eval/episode_return"]
     assert summary["policy_lag/max"] == 1
 
 
+@pytest.mark.usefixtures("fast_compile")  # a few updates: compile-bound
 def test_continuous_actions_with_host_actors():
     host = host_training.HostSettings(actor_threads=1, envs_per_thread=4, learner_devices=(0,))
     config = agents.default_config(
@@ -270,6 +302,7 @@ def test_continuous_actions_with_host_actors():
     assert summary["eval/episode_return"] < 0  # Pendulum pays negative rewards
 
 
+@pytest.mark.usefixtures("fast_compile")  # a few updates: compile-bound
 def test_apex_host_actors_refresh_params_every_param_refresh_steps_on_two_learners():
     # Threads fetch parameters only every 2 rollouts (2 x 16 steps x 4 envs): in
     # deterministic mode rollout r acts with version r-1 when it fetches, else with the

@@ -3,7 +3,19 @@
 import json
 
 import pytest
-from test_cli import TRAIN, run_script
+from test_cli import TRAIN, script_job
+
+
+def background_runs(items, tmp_path_factory):
+    """The selected agents' default commands, run in the background (see conftest)."""
+    jobs = []
+    for item in items:
+        agent = item.callspec.params["agent"]
+        workdir = tmp_path_factory.mktemp(f"learning_{agent}")
+        jobs.append(script_job(("learning", agent), TRAIN, f"--workdir={workdir}",
+                               f"--agent={agent}", "--num_seeds=3", "--compilation_cache=",
+                               workdir=workdir))
+    return jobs
 
 
 @pytest.mark.parametrize("agent,min_steps", [
@@ -12,11 +24,11 @@ from test_cli import TRAIN, run_script
     ("a2c", 990_000),
     ("apex", 490_000),  # Ape-X DQN: 5e5 env steps per seed
 ])
-def test_default_train_solves_cartpole_for_three_seeds(tmp_path, agent, min_steps):
-    result = run_script(TRAIN, f"--workdir={tmp_path}", f"--agent={agent}", "--num_seeds=3",
-                        "--compilation_cache=")
+def test_default_train_solves_cartpole_for_three_seeds(background, agent, min_steps):
+    result = background.result(("learning", agent))
     assert result.returncode == 0, result.stderr
-    final = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    workdir = background.job(("learning", agent))["workdir"]
+    final = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert min_steps <= final["env_steps"] <= 1_000_000
     per_seed = final["eval/episode_return_per_seed"]
     assert len(per_seed) == 3

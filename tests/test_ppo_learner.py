@@ -1,6 +1,5 @@
 import functools
 import os
-import subprocess
 import sys
 
 import jax
@@ -11,6 +10,8 @@ from jax.sharding import PartitionSpec as P
 from jaxrl_dist import errors, parallel
 from jaxrl_dist.agents.ppo import config as config_lib
 from jaxrl_dist.agents.ppo import learner as learner_lib
+
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 
 SMALL = dict(num_envs=8, rollout_len=16, total_steps=8 * 16 * 3, num_epochs=2, num_minibatches=4)
 
@@ -61,18 +62,16 @@ def test_sharded_equals_unsharded(num_devices):
     assert_trees_close(single.env_state.obs, sharded.env_state.obs)
     np.testing.assert_allclose(m1["episode_return_sum"], m2["episode_return_sum"], rtol=1e-5)
     # Something was learned: parameters moved away from the initial ones.
-    cfg = config_lib.default_config("CartPole-v1", **SMALL)
-    learner = learner_lib.Learner(cfg, parallel.make_mesh(1))
+    learner = _learner(1, 1, ())  # run(1)'s learner: its init is compiled already
     init = jax.device_get(learner.init(learner.seed_keys(0)[0]))
     assert not np.allclose(init.params["policy"]["params"]["MLP_0"]["Dense_0"]["kernel"],
                            single.params["policy"]["params"]["MLP_0"]["Dense_0"]["kernel"])
 
 
 def test_params_are_replicated_across_devices():
-    cfg = config_lib.default_config("CartPole-v1", **SMALL)
-    learner = learner_lib.Learner(cfg, parallel.make_mesh(4))
+    learner = _learner(4, 1, ())  # run(4)'s learner and program: compiled already
     init_keys, train_keys = learner.seed_keys(0)
-    state, _ = learner.update(learner.init(init_keys), train_keys)
+    state, _ = _chunk(learner, 3)(learner.init(init_keys), train_keys)
     for leaf in jax.tree.leaves(state.params):
         shards = [np.asarray(s.data) for s in leaf.addressable_shards]
         assert len(shards) == 4
@@ -142,22 +141,33 @@ def test_bad_config_is_one_line_error(overrides, devices, match):
     assert "\n" not in str(info.value)
 
 
-def test_vmapped_seeds_on_a_mesh_over_every_cpu_device_do_not_hang():
-    # Without --xla_cpu_multi_thread_eigen=false (set by `import jaxrl_dist`)
-    # this program never returned from Execute on jax 0.10.2.
-    script = (
-        "import jaxrl_dist, jax\n"
-        "from jaxrl_dist import parallel\n"
-        "from jaxrl_dist.agents.ppo import config, learner\n"
-        "cfg = config.default_config('CartPole-v1', num_envs=8, total_steps=8*128*2)\n"
-        "l = learner.Learner(cfg, parallel.make_mesh(4), num_seeds=2)\n"
-        "init_keys, keys = l.seed_keys(0)\n"
-        "state, metrics = l.make_train_chunk(2)(l.init(init_keys), keys)\n"
-        "print(int(jax.device_get(state.update_step)[1]))\n"
-    )
+# Without --xla_cpu_multi_thread_eigen=false (set by `import jaxrl_dist`) this program
+# never returned from Execute on jax 0.10.2: a fresh process, made in the background
+# (conftest.BackgroundRuns), with a timeout.
+HANG_SCRIPT = (
+    "import jaxrl_dist, jax\n"
+    "from jaxrl_dist import parallel\n"
+    "from jaxrl_dist.agents.ppo import config, learner\n"
+    "cfg = config.default_config('CartPole-v1', num_envs=8, total_steps=8*128*2)\n"
+    "l = learner.Learner(cfg, parallel.make_mesh(4), num_seeds=2)\n"
+    "init_keys, keys = l.seed_keys(0)\n"
+    "state, metrics = l.make_train_chunk(2)(l.init(init_keys), keys)\n"
+    "print(int(jax.device_get(state.update_step)[1]))\n"
+)
+
+
+def background_runs(items, tmp_path_factory):
+    del tmp_path_factory
+    name = "test_vmapped_seeds_on_a_mesh_over_every_cpu_device_do_not_hang"
+    if not any(item.originalname == name for item in items):
+        return []
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env, timeout=300)
+    return [dict(key="ppo/hang", argv=[sys.executable, "-c", HANG_SCRIPT], env=env,
+                 cwd=os.getcwd(), timeout=300)]
+
+
+def test_vmapped_seeds_on_a_mesh_over_every_cpu_device_do_not_hang(background):
+    result = background.result("ppo/hang")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2"

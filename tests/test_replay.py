@@ -7,6 +7,8 @@ import pytest
 
 from jaxrl_dist.replay import prioritized, sum_tree
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 
 def check_internal_nodes(tree):
     tree = np.asarray(tree)
