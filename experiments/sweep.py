@@ -83,7 +83,9 @@ def _child_args(num_envs: int, total_steps: int) -> list[str]:
 
 
 def _run(args: list[str], num_processes: int, local_devices: int, pin: bool) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}")
+    # The caller's XLA_FLAGS are kept; the sweep's device count comes last and wins.
+    count = f"--xla_force_host_platform_device_count={local_devices}"
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {count}".strip())
     procs = []
     if num_processes > 1:
         with socket.socket() as s:

@@ -72,6 +72,23 @@ def _packed(collective, tree):
     return jax.tree.unflatten(treedef, out)
 
 
+def mean_grad(loss_fn, params, *args):
+    """``(∇θ mean-over-devices loss, aux)`` of ``loss_fn(params, *args) -> (loss, aux)``.
+
+    Inside ``shard_map``, with ``params`` replicated (device-invariant) and
+    ``loss_fn`` the mean over this device's data: the gradient of the global
+    mean loss, i.e. the device mean of the local gradients (one all-reduce per
+    dtype). ``jax.grad`` taken directly at invariant params would already
+    *sum* the local gradients (the transpose of the implicit invariant→varying
+    cast is a ``psum``: one all-reduce per leaf), so that a following ``pmean``
+    returns ``n`` times the mean gradient. Differentiating at a device-varying
+    copy (``lax.pcast(..., to="varying")``) gives the local gradient instead.
+    """
+    local = jax.lax.pcast(params, DATA_AXIS, to="varying")
+    grads, aux = jax.grad(loss_fn, has_aux=True)(local, *args)
+    return pmean(grads), aux
+
+
 def pmean(tree):
     """Mean over the data axis (inside ``shard_map``), one all-reduce per dtype."""
     return _packed(lambda x: jax.lax.pmean(x, DATA_AXIS), tree)

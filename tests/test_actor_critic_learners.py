@@ -68,6 +68,7 @@ def test_sharded_equals_unsharded(agent, overrides, num_devices):
     assert_trees_close(single.agent_state, sharded.agent_state)
     np.testing.assert_allclose(m1["episode_return_sum"], m2["episode_return_sum"], rtol=1e-5)
     np.testing.assert_allclose(m1["loss/total"], m2["loss/total"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(m1["opt/grad_norm"], m2["opt/grad_norm"], rtol=1e-4)
     learner = _learner(agent, 1, 1, tuple(sorted(overrides.items())))  # run's: compiled
     init = jax.device_get(learner.init(learner.seed_keys(0)[0]))
     assert not np.allclose(init.params["policy"]["params"]["MLP_0"]["Dense_0"]["kernel"],

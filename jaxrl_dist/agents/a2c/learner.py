@@ -89,8 +89,7 @@ class Learner(on_device.OnDeviceLearner):
 
     def _sgd_step(self, carry, minibatch: types.Transition):
         params, opt_state = carry
-        grads, metrics = jax.grad(self._loss, has_aux=True)(params, minibatch)
-        grads = parallel.pmean(grads)
+        grads, metrics = parallel.mean_grad(self._loss, params, minibatch)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = parallel.pmean(metrics)

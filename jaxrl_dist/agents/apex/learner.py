@@ -252,10 +252,9 @@ class Learner(on_device.OnDeviceLearner):
         # Importance weights normalised by their maximum over the *global* batch.
         log_w = -beta * jnp.log(replay.size.astype(jnp.float32) * sample.probabilities)
         weights = jnp.exp(log_w - jax.lax.pmax(jnp.max(log_w), parallel.DATA_AXIS))
-        grads, (td, q_mean) = jax.grad(self._loss, has_aux=True)(
-            params, state.target_params, sample.items, weights
+        grads, (td, q_mean) = parallel.mean_grad(
+            self._loss, params, state.target_params, sample.items, weights
         )
-        grads = parallel.pmean(grads)
         updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
         # Before learning starts the step changes nothing but the sampled priorities
         # (a select on the small params, not a branch: under vmap a cond copies the replay).

@@ -99,8 +99,7 @@ class Learner(on_device.OnDeviceLearner):
         advantage = batch.advantage
         if self.config.normalize_advantages:
             advantage = losses.normalize_advantages(advantage, parallel.DATA_AXIS)
-        grads, metrics = jax.grad(self._loss, has_aux=True)(params, batch, advantage, kl_beta)
-        grads = parallel.pmean(grads)
+        grads, metrics = parallel.mean_grad(self._loss, params, batch, advantage, kl_beta)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics["opt/grad_norm"] = optax.tree.norm(grads)
