@@ -14,9 +14,11 @@ from jaxrl_dist.losses.dqn import double_q_td_error, huber_loss, n_step_returns
 from jaxrl_dist.losses.gae import gae
 from jaxrl_dist.losses.ppo import (
     adapt_kl_beta,
+    advantage_moments,
     normalize_advantages,
     ppo_clip_loss,
     ppo_kl_penalty_loss,
+    standardize_advantages,
     value_loss,
 )
 from jaxrl_dist.losses.vtrace import VTraceReturns, vtrace
@@ -24,6 +26,7 @@ from jaxrl_dist.losses.vtrace import VTraceReturns, vtrace
 __all__ = [
     "VTraceReturns",
     "adapt_kl_beta",
+    "advantage_moments",
     "baseline_loss",
     "double_q_td_error",
     "gae",
@@ -33,6 +36,7 @@ __all__ = [
     "policy_gradient_loss",
     "ppo_clip_loss",
     "ppo_kl_penalty_loss",
+    "standardize_advantages",
     "value_loss",
     "vtrace",
 ]

@@ -124,6 +124,30 @@ def value_loss(
     return 0.5 * jnp.mean(loss)
 
 
+def advantage_moments(advantages: jax.Array) -> jax.Array:
+    """``[2]`` float32 ``(E[Â], E[Â²])`` over all elements of ``advantages``.
+
+    The sufficient statistics of ``normalize_advantages``: averaged over devices
+    (``lax.pmean``, one all-reduce for any number of minibatches stacked on a
+    leading axis) they are those of the global minibatch.
+    """
+    advantages = jax.lax.stop_gradient(advantages)
+    return jnp.stack([jnp.mean(advantages), jnp.mean(jnp.square(advantages))])
+
+
+def standardize_advantages(
+    advantages: jax.Array, moments: jax.Array, eps: float = 1e-8
+) -> jax.Array:
+    """(Â − mean) / (std + eps) with ``moments`` = ``(E[Â], E[Â²])`` (``[2]``).
+
+    var = E[Â²] − E[Â]², clamped at 0 against rounding.
+    """
+    chex.assert_shape(moments, (2,))
+    mean, mean_sq = moments[0], moments[1]
+    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+    return (jax.lax.stop_gradient(advantages) - mean) / (jnp.sqrt(var) + eps)
+
+
 def normalize_advantages(
     advantages: jax.Array, axis_name: str | None = None, eps: float = 1e-8
 ) -> jax.Array:
@@ -137,11 +161,8 @@ def normalize_advantages(
     if axis_name is None:
         mean = jnp.mean(advantages)
         var = jnp.mean(jnp.square(advantages - mean))
-    else:
-        # One all-reduce for both moments (each collective pays a fixed latency across
-        # processes): var = E[A^2] - E[A]^2, clamped at 0 against rounding.
-        mean, mean_sq = jax.lax.pmean(
-            jnp.stack([jnp.mean(advantages), jnp.mean(jnp.square(advantages))]), axis_name
-        )
-        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
-    return (advantages - mean) / (jnp.sqrt(var) + eps)
+        return (advantages - mean) / (jnp.sqrt(var) + eps)
+    # One all-reduce for both moments (each collective pays a fixed latency across
+    # processes).
+    moments = jax.lax.pmean(advantage_moments(advantages), axis_name)
+    return standardize_advantages(advantages, moments, eps)

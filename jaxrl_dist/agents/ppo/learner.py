@@ -94,11 +94,14 @@ class Learner(on_device.OnDeviceLearner):
         }
         return total, metrics
 
-    def _sgd_step(self, carry, batch: Batch):
+    def _sgd_step(self, carry, xs):
+        """One gradient step on a minibatch; ``moments`` are its advantages' global
+        ``(E[Â], E[Â²])`` (None without normalisation)."""
         params, opt_state, kl_beta = carry
+        batch, moments = xs
         advantage = batch.advantage
-        if self.config.normalize_advantages:
-            advantage = losses.normalize_advantages(advantage, parallel.DATA_AXIS)
+        if moments is not None:
+            advantage = losses.standardize_advantages(advantage, moments)
         grads, metrics = parallel.mean_grad(self._loss, params, batch, advantage, kl_beta)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -106,13 +109,20 @@ class Learner(on_device.OnDeviceLearner):
         # Local metrics; averaged over devices once per update (in ``learn``).
         return (params, opt_state, kl_beta), metrics
 
-    def _minibatches(self, batch: Batch, key: jax.Array, env_ids: jax.Array) -> Batch:
-        """Shuffles time per env and cuts ``[T, B_local]`` into ``[M, T/t, B_local/g]``."""
+    def _permutation(self, key: jax.Array, env_ids: jax.Array) -> jax.Array:
+        """``[T, B_local]`` int32: each env's time steps shuffled (keyed by its global id,
+        so that the shuffle does not depend on the device layout)."""
+        env_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, env_ids)
+        return jax.vmap(lambda k: jax.random.permutation(k, self.config.rollout_len))(
+            env_keys
+        ).T
+
+    def _minibatches(self, batch, perm: jax.Array):
+        """Shuffles time per env by ``perm`` and cuts ``[T, B_local]`` into
+        ``[M, T/t, B_local/g]`` (any pytree of ``[T, B_local, ...]`` arrays)."""
         cfg = self.config
         t_len, b_local = cfg.rollout_len, self.local_envs
         time_chunks, env_groups = cfg.minibatch_layout()
-        env_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, env_ids)
-        perm = jax.vmap(lambda k: jax.random.permutation(k, t_len))(env_keys).T  # [T, B]
 
         def shuffle_and_cut(x):
             idx = perm.reshape(perm.shape + (1,) * (x.ndim - 2))
@@ -139,19 +149,33 @@ class Learner(on_device.OnDeviceLearner):
             values, advantages, targets,
         )
 
-        def epoch(carry, epoch_key):
-            return jax.lax.scan(self._sgd_step, carry, self._minibatches(batch, epoch_key, env_ids))
+        perms = jax.vmap(self._permutation, (0, None))(
+            jax.random.split(key, cfg.num_epochs), env_ids
+        )  # [E, T, B_local]
+        moments = None
+        if cfg.normalize_advantages:
+            # Every minibatch's global advantage statistics in ONE all-reduce per update
+            # (not one per minibatch: across processes each collective costs a latency).
+            moments = parallel.pmean(jax.vmap(
+                lambda perm: jax.vmap(losses.advantage_moments)(
+                    self._minibatches(advantages, perm))
+            )(perms))  # [E, M, 2]
+
+        def epoch(carry, xs):
+            perm, epoch_moments = xs
+            return jax.lax.scan(
+                self._sgd_step, carry, (self._minibatches(batch, perm), epoch_moments)
+            )
 
         (params, opt_state, kl_beta), metrics = jax.lax.scan(
-            epoch,
-            (params, opt_state, agent_state.kl_beta),
-            jax.random.split(key, cfg.num_epochs),
+            epoch, (params, opt_state, agent_state.kl_beta), (perms, moments)
         )
-        metrics = parallel.pmean(jax.tree.map(jnp.mean, metrics))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["value/mean"] = jnp.mean(values)
+        metrics = parallel.pmean(metrics)  # one all-reduce
         if cfg.objective == "kl":
             kl_beta = losses.adapt_kl_beta(kl_beta, metrics["ppo/kl"], cfg.kl_target)
         metrics["ppo/kl_beta"] = kl_beta
-        metrics["value/mean"] = parallel.pmean(jnp.mean(values))
         return params, opt_state, PPOState(kl_beta), metrics
 
     def _local_update(self, state: TrainState, key: jax.Array):
