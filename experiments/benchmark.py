@@ -51,7 +51,6 @@ def main(argv):
     t0 = time.time()
     try:
         dist = cli.distributed_settings_from_flags()
-        cli.check_single_process_host_actors(dist)
         if FLAGS.sweep:
             sweep.check_flags()
     except errors.ConfigError as e:

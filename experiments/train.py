@@ -78,7 +78,6 @@ def main(argv):
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
     try:
         dist = cli.distributed_settings_from_flags()
-        cli.check_single_process_host_actors(dist)
         cli.check_positive(
             eval_episodes=FLAGS.eval_episodes, log_points=FLAGS.log_points,
             checkpoint_every=FLAGS.checkpoint_every,

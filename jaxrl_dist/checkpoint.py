@@ -17,25 +17,41 @@ def params_sha256(params: Any) -> str:
     return digest.hexdigest()
 
 
-def save_params(directory: str, params: Any) -> str:
+def save_params(directory: str, params: Any, this_process_only: bool = False) -> str:
     """Saves ``params`` as an orbax checkpoint in ``directory`` (replacing one there).
 
     ``params`` may be NumPy or (in a multi-process run, where every process must
-    call this) global ``jax.Array`` leaves.
+    call this) global ``jax.Array`` leaves. ``this_process_only``: NumPy ``params``
+    saved by the calling process alone, with no barrier with the others (a failing
+    multi-process run, whose peers may never reach a save).
     """
     path = os.path.abspath(directory)
-    with ocp.StandardCheckpointer() as checkpointer:
+    options = {}
+    if this_process_only:
+        me = jax.process_index()
+        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}
+        )
+    with ocp.StandardCheckpointer(**options) as checkpointer:
         checkpointer.save(path, params, force=True)
         checkpointer.wait_until_finished()
     return path
 
 
 def load_params(directory: str, like: Any = None) -> Any:
-    """Restores parameters saved by :func:`save_params` (as NumPy arrays)."""
+    """Restores parameters saved by :func:`save_params` as NumPy arrays.
+
+    Works whatever devices or processes saved them (the shapes come from the
+    checkpoint's metadata unless ``like`` gives them).
+    """
+    path = os.path.abspath(directory)
     with ocp.StandardCheckpointer() as checkpointer:
         if like is None:
-            return checkpointer.restore(os.path.abspath(directory))
-        return checkpointer.restore(os.path.abspath(directory), jax.device_get(like))
+            meta = checkpointer.metadata(path)
+            like = jax.tree.map(
+                lambda x: np.zeros(x.shape, x.dtype), getattr(meta, "item_metadata", meta)
+            )
+        return checkpointer.restore(path, jax.device_get(like))
 
 
 # ------------------------------------------------------------------ whole runs

@@ -136,15 +136,6 @@ def distributed_settings_from_flags():
     ).validate()
 
 
-def check_single_process_host_actors(dist) -> None:
-    """Raises ConfigError for a multi-process run with host actors (not supported yet)."""
-    if dist.multi_process and FLAGS.env.startswith("gymnasium:"):
-        raise errors.ConfigError(
-            f"--num_processes > 1 is not supported with host actors (--env={FLAGS.env}) yet; "
-            "multi-process runs use gymnax envs (on-device acting)"
-        )
-
-
 def fail(message: str) -> None:
     """Prints ``error: message`` on one line to stderr and exits with code 2."""
     sys.stderr.write(f"error: {message}\n")
@@ -241,7 +232,8 @@ def host_settings_from_flags():
     for name in ("actor_devices", "learner_devices"):
         if name in values:
             values[name] = _device_ids(name)
-    return host_training.HostSettings(**values).resolve(jax.device_count())
+    # Device indices are each process's own (every process runs the same layout).
+    return host_training.HostSettings(**values).resolve(jax.local_device_count())
 
 
 def config_from_flags():
@@ -300,7 +292,11 @@ def config_from_flags():
         from jaxrl_dist import host_training
 
         layout = host_settings_from_flags()
-        return host_training.host_config(config, layout).validate(len(layout.learner_devices))
+        import jax
+
+        return host_training.host_config(config, layout, jax.process_count()).validate(
+            len(layout.learner_devices) * jax.process_count()
+        )
     import jax
 
     if jax.process_count() > 1 and FLAGS.num_devices not in (None, jax.device_count()):

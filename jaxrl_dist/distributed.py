@@ -120,3 +120,16 @@ def process_count() -> int:
     import jax
 
     return jax.process_count()
+
+
+def check_same_everywhere(value: str, what: str) -> None:
+    """Raises RuntimeError unless every process passes the same ``value`` (a collective:
+    every process must call it). For invariants such as replicated parameters."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(value.encode().ljust(128)[:128], np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(data))
+    if not (every == every[0]).all():
+        values = [bytes(row).decode().strip() for row in every]
+        raise RuntimeError(f"{what} differs across processes: {values}")

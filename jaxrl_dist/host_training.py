@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import checkpoint, errors, evaluation, parallel, types, writers
+from jaxrl_dist import checkpoint, distributed, errors, evaluation, parallel, types, writers
 from jaxrl_dist.actors import host_actor
 from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.agents import AGENTS, common, host_learner
@@ -103,9 +103,10 @@ class HostSettings:
         return dataclasses.replace(self, learner_devices=tuple(learner_devices))
 
 
-def host_config(config: common.OnDeviceConfig, host: HostSettings):
-    """``config`` for host actors: ``num_envs`` from the actor layout, no simulated lag."""
-    changes: dict[str, Any] = {"num_envs": host.num_envs}
+def host_config(config: common.OnDeviceConfig, host: HostSettings, num_processes: int = 1):
+    """``config`` for host actors: ``num_envs`` from the actor layout (over all
+    ``num_processes`` processes), no simulated lag."""
+    changes: dict[str, Any] = {"num_envs": host.num_envs * num_processes}
     if hasattr(config, "policy_lag"):
         changes["policy_lag"] = 0  # the lag is real here (measured, not simulated)
     return dataclasses.replace(config, **changes)
@@ -140,6 +141,8 @@ class _Interval:
         )
         self.metrics: list[dict] = []
         self.env_steps = 0
+        self.actor_env_steps = 0  # every step the actors took so far (run totals)
+        self.env_faults = 0
 
     def add_rollout(self, rollout: host_actor.Rollout, version: int) -> None:
         self.lags.append(version - rollout.version)
@@ -202,25 +205,32 @@ def train_host(
         raise errors.ConfigError(
             f"--num_seeds must be 1 with host actors (--env={config.env}), got {settings.num_seeds}"
         )
-    host = host.resolve(jax.device_count())
-    config = host_config(config, host).validate(len(host.learner_devices))
+    # Several processes: each runs the same layout on its own (local) devices; device
+    # indices in ``host`` are local; the learner mesh spans every process's learners.
+    num_processes, process = jax.process_count(), jax.process_index()
+    if process != 0:
+        progress = lambda s: None  # noqa: E731
+    host = host.resolve(jax.local_device_count())
+    config = host_config(config, host, num_processes).validate(
+        len(host.learner_devices) * num_processes
+    )
     spec = gymnasium_env.make_spec(config.env)
-    mesh = parallel.mesh_of(host.learner_devices)
+    mesh = parallel.process_mesh(host.learner_devices)
     learner = host_learner.HostLearner(config, mesh, spec)
     agent = learner.agent
-    devices = jax.devices()
+    devices = jax.local_devices()
     actor_devices = [devices[i] for i in host.actor_devices]
     num_updates = config.num_updates
     log_every = max(1, num_updates // max(1, settings.log_points))
     writer = writers.MetricsWriter(
         workdir, wandb_project=settings.wandb_project,
         config=dict(dataclasses.asdict(config), agent=config.agent, seed=settings.seed),
-    ) if workdir else None
-    if workdir:
+    ) if workdir and process == 0 else None
+    if writer:
         writers.write_config(
             workdir, config, agent=config.agent, acting="host", **dataclasses.asdict(settings),
             **{f"host_{k}": v for k, v in dataclasses.asdict(host).items()},
-            backend=jax.default_backend(),
+            backend=jax.default_backend(), num_processes=num_processes,
         )
 
     init_key, train_key = jax.random.split(jax.random.key(settings.seed))
@@ -236,13 +246,17 @@ def train_host(
     sent = transition if finish_fn is None else jax.eval_shape(
         finish_fn, state.params, transition, env_ids
     )
-    shapes = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.traj_sharding), sent
+    shapes = jax.tree.map(  # [T, B_thread * num_processes, ...]: one thread of each process
+        lambda x: jax.ShapeDtypeStruct(
+            (x.shape[0], x.shape[1] * num_processes, *x.shape[2:]), x.dtype,
+            sharding=learner.traj_sharding,
+        ),
+        sent,
     )
     update = learner.compile_update(state, (shapes,) * host.num_threads, train_key)
     for device in actor_devices:  # compile (and cache) the actors' steps on each actor device
         on_device = lambda x, d=device: jax.device_put(x, d)
-        params = on_device(state.params)
+        params = on_device(_local(state.params))
         jax.block_until_ready(act_fn(
             params, on_device(np.zeros((host.envs_per_thread, *spec.obs_shape), np.float32)),
             on_device(jax.random.key(0)), on_device(env_ids),
@@ -260,7 +274,7 @@ def train_host(
     )
 
     server = param_server_lib.ParamServer(keep=2)
-    server.publish(0, state.params)
+    server.publish(0, _local(state.params))
     stop = threading.Event()
     queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
     actor_settings = host_actor.ActorSettings(
@@ -268,9 +282,10 @@ def train_host(
         host.deterministic, settings.seed, host.param_refresh_steps,
     )
     threads = [
-        host_actor.ActorThread(
-            k, actor_settings, actor_devices[k // host.actor_threads], act_fn, server,
-            queues[k], learner.traj_sharding, stop, make_env, finish_fn,
+        host_actor.ActorThread(  # global thread index: seeds, env ids, keys
+            process * host.num_threads + k, actor_settings,
+            actor_devices[k // host.actor_threads], act_fn, server, queues[k],
+            _to_learner(learner.traj_sharding, num_processes), stop, make_env, finish_fn,
         )
         for k in range(host.num_threads)
     ]
@@ -295,7 +310,7 @@ def train_host(
             ]
             t1 = time.perf_counter()
             state, metrics = update(state, tuple(r.traj for r in rollouts), train_key)
-            server.publish(u + 1, state.params)
+            server.publish(u + 1, _local(state.params))
             jax.block_until_ready(metrics)
             interval.timings["learner_queue_wait_s"] += t1 - t0
             interval.timings["update_s"] += time.perf_counter() - t1
@@ -305,8 +320,12 @@ def train_host(
             if (u + 1) % log_every and u + 1 < num_updates:
                 continue
             now = time.time()
+            interval.actor_env_steps = sum(t.env_steps for t in threads)
+            interval.env_faults = sum(t.env_faults for t in threads)
+            if num_processes > 1:
+                _gather_interval(interval)
             record = _record(
-                interval, threads, (u + 1) * config.steps_per_update, now - t_start,
+                interval, (u + 1) * config.steps_per_update, now - t_start,
                 now - t_last_log,
             )
             lags_all.extend(interval.lags)
@@ -330,26 +349,35 @@ def train_host(
         deadline = time.monotonic() + JOIN_TIMEOUT_S  # for all threads together
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if not finished and workdir:
+        if not finished and writer:
             # The last finished update's parameters (after a non-finite value: those of
-            # the last log point where everything was finite): loadable and good.
+            # the last log point where everything was finite): loadable and good. Saved
+            # by the primary alone (a failing run's peers may never reach a save).
             bad = isinstance(sys.exc_info()[1], errors.NonFiniteError)
             checkpoint.save_params(
-                os.path.join(workdir, "checkpoint"), good[1] if bad else state.params
+                os.path.join(workdir, "checkpoint"),
+                jax.device_get(_local(good[1] if bad else state.params)), this_process_only=True,
             )
-            if writer:
-                writer.close()
+            writer.close()
     train_s = time.time() - t_train
     env_steps = num_updates * config.steps_per_update
 
+    params = jax.device_get(_local(state.params))
+    sha = checkpoint.params_sha256(params)
+    actor_totals = np.array([sum(t.env_steps for t in threads),
+                             sum(t.env_faults for t in threads)], np.int64)
+    if num_processes > 1:
+        from jax.experimental import multihost_utils
+
+        distributed.check_same_everywhere(sha, "params_sha256")
+        actor_totals = np.asarray(multihost_utils.process_allgather(actor_totals)).sum(axis=0)
     eval_returns = evaluation.evaluate_on_host(
-        config.env, agent.policy, agent.dist.mode, jax.device_get(state.params),
+        config.env, agent.policy, agent.dist.mode, params,
         settings.eval_episodes, settings.seed + 2**30, spec.max_episode_steps,
     )
-    params = jax.device_get(state.params)
     summary = {
         "env_steps": env_steps,
-        "actor_env_steps": sum(t.env_steps for t in threads),
+        "actor_env_steps": int(actor_totals[0]),
         "wall_s": time.time() - t_start,
         "compile_s": compile_s,
         "train_s": train_s,
@@ -357,11 +385,11 @@ def train_host(
         "eval/episode_return": float(eval_returns.mean()),
         "eval/episode_return_per_seed": eval_returns.mean(keepdims=True),
         "eval/episode_return_std_over_seeds": 0.0,
-        "env_faults": sum(t.env_faults for t in threads),
+        "env_faults": int(actor_totals[1]),
         "policy_lag/min": int(min(lags_all)),
         "policy_lag/mean": float(np.mean(lags_all)),
         "policy_lag/max": int(max(lags_all)),
-        "params_sha256": checkpoint.params_sha256(params),
+        "params_sha256": sha,
     }
     progress(
         f"done: {env_steps} env steps in {train_s:.1f}s ({summary['sps']:.0f} sps) + "
@@ -369,16 +397,52 @@ def train_host(
         f"env faults {summary['env_faults']} | greedy eval return "
         f"{summary['eval/episode_return']:.1f}"
     )
+    if workdir:  # every process joins the save of the (global) parameters
+        checkpoint.save_params(os.path.join(workdir, "checkpoint"), state.params)
     if writer:
         writer.write(summary)
         writer.close()
-        checkpoint.save_params(os.path.join(workdir, "checkpoint"), params)
         steps = np.array([h["env_steps"] for h in history])
         curve = np.array([[h["train/episode_return"]] for h in history])
         title = f"{AGENTS[config.agent].title} on {config.env} (host actors)"
         writers.plot_learning_curve(workdir, steps, curve, title)
     return dict(summary, **{"eval/returns": eval_returns[None], "params": params,
                             "history": history, "state": state})
+
+
+def _local(tree: Any) -> Any:
+    """This process's copy of replicated ``tree`` (its first addressable shard)."""
+    return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
+def _to_learner(sharding, num_processes: int) -> Callable:
+    """``tree of [T, B_thread, ...] -> tree on the learner mesh``: one process's thread's
+    rollout as its part of a ``[T, B_thread * num_processes, ...]`` global array."""
+    if num_processes == 1:
+        return lambda tree: jax.device_put(tree, sharding)
+
+    def put(x):
+        shape = (x.shape[0], x.shape[1] * num_processes, *x.shape[2:])
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return lambda tree: jax.tree.map(put, tree)
+
+
+def _gather_interval(interval: _Interval) -> None:
+    """Makes ``interval``'s episode counts, env steps and policy lags those of every
+    process (a collective: every process calls it at the same log point; each has as
+    many threads and updates, so as many lags). Timings stay this process's."""
+    from jax.experimental import multihost_utils
+
+    sums = np.array([*interval.episodes, interval.env_steps, interval.actor_env_steps,
+                     interval.env_faults], np.float64)
+    sums, lags = multihost_utils.process_allgather(
+        (sums, np.asarray(interval.lags, np.int64))
+    )
+    total = np.asarray(sums).sum(axis=0)
+    interval.episodes = [float(total[0]), float(total[1]), int(total[2])]
+    interval.env_steps, interval.actor_env_steps, interval.env_faults = map(int, total[3:6])
+    interval.lags = [int(v) for v in np.asarray(lags).reshape(-1)]
 
 
 def _check_finite(interval: _Interval, done_updates: int, params_finite: bool,
@@ -399,12 +463,12 @@ def _check_finite(interval: _Interval, done_updates: int, params_finite: bool,
         )
 
 
-def _record(interval: _Interval, threads, env_steps: int, wall_s: float, dt: float) -> dict:
+def _record(interval: _Interval, env_steps: int, wall_s: float, dt: float) -> dict:
     host_metrics = jax.device_get(interval.metrics)
     returns, lengths, count = interval.episodes
     record = {
         "env_steps": env_steps,
-        "actor_env_steps": sum(t.env_steps for t in threads),
+        "actor_env_steps": interval.actor_env_steps,
         "wall_s": wall_s,
         "sps": interval.env_steps / dt,
         "train/episode_return": returns / count if count else float("nan"),
@@ -413,7 +477,7 @@ def _record(interval: _Interval, threads, env_steps: int, wall_s: float, dt: flo
         "policy_lag/min": int(min(interval.lags)),
         "policy_lag/mean": float(np.mean(interval.lags)),
         "policy_lag/max": int(max(interval.lags)),
-        "env_faults": sum(t.env_faults for t in threads),
+        "env_faults": interval.env_faults,
         **{f"time/{k}": v for k, v in interval.timings.items()},
     }
     for name in host_metrics[0]:

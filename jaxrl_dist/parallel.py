@@ -38,6 +38,18 @@ def mesh_of(device_ids) -> Mesh:
     return Mesh(np.asarray([devices[i] for i in device_ids]), (DATA_AXIS,))
 
 
+def process_mesh(local_device_ids) -> Mesh:
+    """A 1-D mesh ``("data",)`` over the devices with these *local* indices in every
+    process, process 0's first (single process: ``mesh_of(local_device_ids)``)."""
+    devices = []
+    for process in range(jax.process_count()):
+        local = sorted(
+            (d for d in jax.devices() if d.process_index == process), key=lambda d: d.id
+        )
+        devices += [local[i] for i in local_device_ids]
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
 def shard_map(fn, mesh: Mesh, in_specs, out_specs):
     """``jax.shard_map`` over ``mesh``."""
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)

@@ -54,3 +54,10 @@ def wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[tuple[
             raise
         results.append((p.returncode, out, err))
     return results
+
+
+def leaves(tree) -> list:
+    """The array leaves of a nested dict, in key order."""
+    if isinstance(tree, dict):
+        return [x for k in sorted(tree) for x in leaves(tree[k])]
+    return [tree]

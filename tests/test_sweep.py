@@ -24,16 +24,21 @@ def test_sweep_writes_csv_markdown_and_png_with_scaling_efficiency(tmp_path, mon
          "num_envs": 64, "sps": 1000, "compile_s": 1.0, "backend": "cpu", "device_kind": "cpu"},
         {"kind": "processes", "n": 2, "processes": 2, "devices": 2, "pinned_cores": 2,
          "num_envs": 128, "sps": 1800, "compile_s": 1.0, "backend": "cpu", "device_kind": "cpu"},
+        {"kind": "independent", "n": 2, "processes": 2, "devices": 2, "pinned_cores": 2,
+         "num_envs": 128, "sps": 1900, "compile_s": 1.0, "backend": "cpu", "device_kind": "cpu"},
     ]
     for r in rows:
         r["efficiency"] = sweep.efficiency(rows, r)
-    assert [r["efficiency"] for r in rows] == [1.0, 1.0, 0.9]
+        r["of_independent"] = sweep.of_independent(rows, r)
+    assert [r["efficiency"] for r in rows] == [1.0, 1.0, 0.9, 0.95]
+    assert [r["of_independent"] for r in rows] == ["", "", round(1800 / 1900, 3), ""]
     sweep.write_outputs(str(tmp_path), rows, dataclasses.replace(config))
     with open(tmp_path / "sweep.csv") as f:
         table = list(csv.DictReader(f))
-    assert [t["efficiency"] for t in table] == ["1.0", "1.0", "0.9"]
+    assert [t["efficiency"] for t in table] == ["1.0", "1.0", "0.9", "0.95"]
     md = (tmp_path / "sweep.md").read_text()
-    assert "| processes | 2 | 2 | 2 | 2 | 128 | 1,800 | 0.9 | 1.0 |" in md
+    assert "| processes | 2 | 2 | 2 | 2 | 128 | 1,800 | 0.9 | 0.947 | 1.0 |" in md
+    assert "| independent | 2 | 2 | 2 | 2 | 128 | 1,900 | 0.95 | - | 1.0 |" in md
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -6,8 +6,8 @@ device; with ``param_refresh_steps`` only once that many of its env steps have
 passed since the last fetch), then for ``T`` steps runs the jitted policy on the
 actor device and steps the envs on the host. An agent may finish the rollout on
 the actor device (Ape-X: n-step transitions and their priorities). The finished
-``[T, B]`` batch is put straight onto the learner mesh (``jax.device_put`` with
-the learner's ``NamedSharding``, envs split over learner devices) and handed to
+``[T, B]`` batch is put straight onto the learner mesh (``to_learner``: envs split
+over this process's learner devices) and handed to
 the learner through a bounded queue. Every wait (parameters, queue) has a short
 timeout and re-checks the stop event, so a stop request ends the thread within
 a fraction of a second.
@@ -75,7 +75,7 @@ class ActorThread(threading.Thread):
         dist_params, next_key)`` (an agent's ``host_act_fn``).
       params_server: where parameters come from.
       out: bounded queue of ``Rollout`` to the learner.
-      learner_sharding: ``NamedSharding`` of a ``[T, B, ...]`` leaf on the learner mesh.
+      to_learner: ``tree of [T, B, ...] -> tree on the learner mesh`` (the transfer).
       stop: set by anyone to stop every thread.
       make_env: ``(settings, seed) -> VectorEnv`` (tests inject faulty envs here).
       finish_fn: optional jitted ``(params, traj, env_ids) -> batch`` run on the actor
@@ -84,7 +84,7 @@ class ActorThread(threading.Thread):
 
     def __init__(
         self, index: int, settings: ActorSettings, device, act_fn: Callable,
-        params_server: param_server_lib.ParamServer, out: queue.Queue, learner_sharding,
+        params_server: param_server_lib.ParamServer, out: queue.Queue, to_learner: Callable,
         stop: threading.Event, make_env: Callable | None = None,
         finish_fn: Callable | None = None,
     ):
@@ -95,7 +95,7 @@ class ActorThread(threading.Thread):
         self.act_fn = act_fn
         self.params_server = params_server
         self.out = out
-        self.learner_sharding = learner_sharding
+        self.to_learner = to_learner
         self.stop = stop
         self.make_env = make_env or (
             lambda s, seed: gymnasium_env.VectorEnv(
@@ -166,7 +166,7 @@ class ActorThread(threading.Thread):
             t0 = time.perf_counter()
             if self.finish_fn is not None:
                 columns = self.finish_fn(params, jax.device_put(columns, self.device), env_ids)
-            traj = jax.device_put(columns, self.learner_sharding)
+            traj = self.to_learner(columns)
             timings["transfer_s"] += time.perf_counter() - t0
             steps_since_fetch += s.rollout_len * s.envs_per_thread
             self.env_steps += s.rollout_len * s.envs_per_thread

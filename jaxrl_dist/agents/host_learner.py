@@ -7,6 +7,12 @@ rollout from each actor thread (each ``[T, B_thread, ...]``, env axis sharded
 over the learner mesh), joins them along the env axis on each device, and runs
 ``learn`` inside ``jax.shard_map`` (gradients averaged with ``pmean``; params
 replicated on every learner device).
+
+Several processes (``jax.distributed``): the mesh is made of every process's
+learner devices, process by process; rollout ``k`` of the update is the
+``k``-th thread of *every* process, each process's part on its own learner
+devices (``jax.make_array_from_process_local_data``), so no trajectory crosses
+processes; only the gradient all-reduce does.
 """
 
 from typing import Any, NamedTuple
@@ -54,6 +60,7 @@ class HostLearner:
     def __init__(self, config, mesh, spec: gymnasium_env.EnvSpec):
         self.config = config
         self.mesh = mesh
+        self.num_processes = len({d.process_index for d in mesh.devices.flat})
         self.agent = agents.make_learner(config, mesh, 1, env=spec)
         self.replicated = NamedSharding(mesh, P())
         self.traj_sharding = NamedSharding(mesh, TRAJ_SPEC)
@@ -104,10 +111,27 @@ class HostLearner:
             update_step=jnp.zeros((), jnp.int32),
         )
 
+    def local_env_ids(self, num_threads: int, width: int) -> jax.Array:
+        """``[num_threads * width]`` int32 global ids (``thread * B_thread + position``) of
+        the envs on this learner device (inside shard_map).
+
+        Rollout ``k`` is thread ``k`` of every process (global thread ``p * num_threads
+        + k``); a device holds ``width`` envs of each, the ``l``-th slice of the thread's
+        ``B_thread = width * L`` envs, ``l`` its index among its process's ``L`` learner
+        devices. The ids follow the envs, not the layout, so that PPO's per-env
+        minibatch shuffles are the same for any device or process count.
+        """
+        per_process = self.mesh.size // self.num_processes
+        index = parallel.axis_index()
+        process, local = index // per_process, index % per_process
+        threads = process * num_threads + jnp.arange(num_threads)
+        ids = (threads[:, None] * (width * per_process) + local * width
+               + jnp.arange(width)[None, :])
+        return ids.reshape(-1).astype(jnp.int32)
+
     def _local_update(self, state: HostState, trajs: tuple, key: jax.Array):
         traj = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *trajs)
-        local_envs = jax.tree.leaves(traj)[0].shape[1]
-        env_ids = parallel.axis_index() * local_envs + jnp.arange(local_envs)
+        env_ids = self.local_env_ids(len(trajs), jax.tree.leaves(trajs[0])[0].shape[1])
         key = jax.random.fold_in(key, state.update_step)
         params, opt_state, agent_state, metrics = self.agent.learn(
             state.params, state.opt_state, state.agent_state, traj, key, env_ids
