@@ -83,10 +83,14 @@ def define_agent_flags() -> None:
         "deterministic", None,
         "Host actors: rollout r acts with parameter version r-1 exactly (reproducible).",
     )
-    flags.DEFINE_list("actor_devices", None, "Host actors: device indices for inference (0).")
+    flags.DEFINE_list(
+        "actor_devices", None,
+        "Host actors: this process's device indices for inference (0).",
+    )
     flags.DEFINE_list(
         "learner_devices", None,
-        "Host actors: device indices of the learner mesh (default: the non-actor devices).",
+        "Host actors: this process's device indices in the learner mesh (default: the "
+        "non-actor devices); with several processes the mesh joins every process's.",
     )
     flags.DEFINE_integer("queue_size", None, "Host actors: rollouts queued per thread (1).")
     flags.DEFINE_integer(
