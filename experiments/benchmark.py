@@ -148,7 +148,14 @@ def print_table(rows, result) -> None:
 
 
 def benchmark_host(config, settings, host, t0) -> None:
-    """Host actors: training sps beside the raw random-action rate of the same vector envs."""
+    """Host actors: training sps beside the raw random-action rate of the same vector envs.
+
+    With several processes the raw rate is measured by every process at once and summed
+    (as their actors run at once in training); only process 0 prints.
+    """
+    import jax
+    import numpy as np
+
     from jaxrl_dist import host_training
     from jaxrl_dist.envs import gymnasium_env
 
@@ -160,6 +167,11 @@ def benchmark_host(config, settings, host, t0) -> None:
         config.env, host.num_threads, host.envs_per_thread, host.vectorization,
         FLAGS.raw_seconds, FLAGS.seed,
     )
+    num_processes = jax.process_count()
+    if num_processes > 1:
+        from jax.experimental import multihost_utils
+
+        raw = float(np.sum(multihost_utils.process_allgather(np.array([raw], np.float64))))
     stages = {
         k.removeprefix("time/"): round(sum(h[k] for h in best["history"]), 2)
         for k in best["history"][0] if k.startswith("time/")
@@ -168,7 +180,8 @@ def benchmark_host(config, settings, host, t0) -> None:
         "agent": FLAGS.agent,
         "env": config.env,
         "acting": "host",
-        "actor_threads": host.num_threads,
+        "actor_threads": host.num_threads * num_processes,
+        "num_processes": num_processes,
         "envs_per_thread": host.envs_per_thread,
         "vectorization": host.vectorization,
         "actor_devices": list(host.actor_devices),
@@ -188,17 +201,19 @@ def benchmark_host(config, settings, host, t0) -> None:
         **machine_fields(),
     }
     rows = [
-        ("config", f"{FLAGS.agent}: {host.num_threads} actor threads x {host.envs_per_thread} "
-                   f"envs ({host.vectorization}) x {config.rollout_len} steps"),
+        ("config", f"{FLAGS.agent}: {result['actor_threads']} actor threads x "
+                   f"{host.envs_per_thread} envs ({host.vectorization}) x {config.rollout_len} "
+                   f"steps" + (f", {num_processes} processes" if num_processes > 1 else "")),
         ("env steps", f"{result['env_steps']:,}"),
         ("training env steps/s (after compile)", f"{result['sps']:,}"),
         ("raw random-action env steps/s", f"{result['raw_random_action_sps']:,}"),
         ("ratio (goal >= 0.7)", f"{result['ratio']}"),
         ("compile (s)", f"{result['compile_s']}"),
         ("policy lag (mean, updates)", f"{result['policy_lag_mean']}"),
-        ("stage seconds (summed over threads)", json.dumps(stages)),
+        ("stage seconds (summed over process 0's threads)", json.dumps(stages)),
     ]
-    print_table(rows, result)
+    if jax.process_index() == 0:
+        print_table(rows, result)
 
 
 if __name__ == "__main__":

@@ -245,6 +245,20 @@ def test_benchmark_prints_table_and_json(background, agent):
     assert summary["num_devices"] == 1 and summary["backend"] == "cpu"
 
 
+def test_host_actor_benchmark_reports_the_ratio_to_raw_env_steps(background):
+    result = background.result("cli/benchmark_host")
+    assert result.returncode == 0, result.stderr
+    assert "raw random-action env steps/s" in result.stdout
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["acting"] == "host" and summary["env_steps"] == 4096
+    assert summary["actor_threads"] == 2 and summary["num_processes"] == 1
+    assert summary["sps"] > 0 and summary["raw_random_action_sps"] > 0
+    assert summary["ratio"] == pytest.approx(
+        summary["sps"] / summary["raw_random_action_sps"], abs=2e-3
+    )
+    assert set(summary["stage_seconds"]) >= {"inference_s", "env_step_s", "update_s"}
+
+
 def test_agent_that_cannot_act_in_the_action_space(monkeypatch):
     from jaxrl_dist import cli, errors
     from jaxrl_dist.agents import AgentSpec
@@ -283,6 +297,12 @@ def background_runs(items, tmp_path_factory):
                 f"--agent={params['agent']}", "--total_steps=16384", "--num_envs=8",
                 "--rollout_len=64", "--num_seeds=2", "--eval_episodes=4", "--compilation_cache=",
                 "--num_devices=2", devices=4, workdir=workdir,
+            ))
+        elif item.originalname == "test_host_actor_benchmark_reports_the_ratio_to_raw_env_steps":
+            jobs.append(script_job(
+                "cli/benchmark_host", BENCHMARK, "--env=gymnasium:CartPole-v1",
+                "--total_steps=4096", "--envs_per_thread=8", "--rollout_len=32",
+                "--raw_seconds=1",
             ))
         elif item.originalname == "test_benchmark_prints_table_and_json":
             jobs.append(script_job(
