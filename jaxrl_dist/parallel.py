@@ -32,15 +32,15 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 
-def mesh_of(device_ids) -> Mesh:
-    """A 1-D mesh ``("data",)`` over the devices with these indices in ``jax.devices()``."""
-    devices = jax.devices()
-    return Mesh(np.asarray([devices[i] for i in device_ids]), (DATA_AXIS,))
-
-
 def process_mesh(local_device_ids) -> Mesh:
-    """A 1-D mesh ``("data",)`` over the devices with these *local* indices in every
-    process, process 0's first (single process: ``mesh_of(local_device_ids)``)."""
+    """A 1-D mesh ``("data",)`` over the devices with these *local* indices (ints into
+    each process's devices sorted by id) in every process, process 0's first; in one
+    process simply those devices of ``jax.devices()``.
+
+    Raises:
+      IndexError: an index is not below a process's local device count (callers
+        validate the flags first: ``HostSettings.resolve``).
+    """
     devices = []
     for process in range(jax.process_count()):
         local = sorted(
@@ -95,6 +95,18 @@ def mean_grad(loss_fn, params, *args):
     cast is a ``psum``: one all-reduce per leaf), so that a following ``pmean``
     returns ``n`` times the mean gradient. Differentiating at a device-varying
     copy (``lax.pcast(..., to="varying")``) gives the local gradient instead.
+
+    Args:
+      loss_fn: ``(params, *args) -> (scalar float32 loss, aux)``.
+      params: pytree of replicated float arrays.
+      *args: the rest of ``loss_fn``'s arguments (this device's data).
+
+    Returns:
+      ``(grads, aux)``: ``grads`` shaped and typed like ``params``, identical on every
+      device; ``aux`` this device's (not averaged).
+
+    Raises:
+      NameError: called outside ``shard_map`` over ``DATA_AXIS`` (unbound axis name).
     """
     local = jax.lax.pcast(params, DATA_AXIS, to="varying")
     grads, aux = jax.grad(loss_fn, has_aux=True)(local, *args)

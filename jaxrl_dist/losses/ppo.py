@@ -129,7 +129,12 @@ def advantage_moments(advantages: jax.Array) -> jax.Array:
 
     The sufficient statistics of ``normalize_advantages``: averaged over devices
     (``lax.pmean``, one all-reduce for any number of minibatches stacked on a
-    leading axis) they are those of the global minibatch.
+    leading axis) they are those of the global minibatch. Per-minibatch advantage
+    normalisation is not in Schulman et al. (2017); it is OpenAI baselines' PPO2
+    practice, which the paper's results used.
+
+    Args:
+      advantages: float32 of any shape (no gradient flows).
     """
     advantages = jax.lax.stop_gradient(advantages)
     return jnp.stack([jnp.mean(advantages), jnp.mean(jnp.square(advantages))])
@@ -140,7 +145,11 @@ def standardize_advantages(
 ) -> jax.Array:
     """(Â − mean) / (std + eps) with ``moments`` = ``(E[Â], E[Â²])`` (``[2]``).
 
-    var = E[Â²] − E[Â]², clamped at 0 against rounding.
+    var = E[Â²] − E[Â]², clamped at 0 against rounding. Returns float32 shaped like
+    ``advantages`` (no gradient flows).
+
+    Raises:
+      AssertionError (chex): ``moments`` is not of shape ``[2]``.
     """
     chex.assert_shape(moments, (2,))
     mean, mean_sq = moments[0], moments[1]
