@@ -103,10 +103,6 @@ def main(argv):
             "runs", f"{FLAGS.env.replace(':', '-')}-{FLAGS.agent}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         if FLAGS.resume:
-            if host is not None:
-                raise errors.ConfigError(
-                    f"--resume applies only to on-device envs (gymnax), not --env={FLAGS.env}"
-                )
             check_resume(workdir, config)
         elif os.path.exists(os.path.join(workdir, "metrics.jsonl")) and not FLAGS.overwrite:
             raise errors.ConfigError(
@@ -168,9 +164,12 @@ def main(argv):
             "no update had finished, nothing saved"
         )
         interrupted = isinstance(e, KeyboardInterrupt)
+        resumable = os.path.isdir(os.path.join(workdir, "checkpoints"))
         sys.stderr.write(
             ("interrupted" if interrupted else f"error: {e}")
-            + f"; actor threads joined; {saved}\n"
+            + f"; actor threads joined; {saved}"
+            + ("; the last periodic whole-run checkpoint is in checkpoints/ (--resume)"
+               if resumable else "") + "\n"
         )
         # Threads joined, checkpoint and metrics written and closed: nothing is left to
         # do, so skip the interpreter's teardown (atexit hooks, GC passes over the heap

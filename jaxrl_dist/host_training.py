@@ -27,12 +27,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import checkpoint, distributed, errors, evaluation, parallel, types, writers
+from jaxrl_dist import (
+    checkpoint,
+    distributed,
+    errors,
+    evaluation,
+    host_checkpoint,
+    parallel,
+    types,
+    writers,
+)
 from jaxrl_dist.actors import host_actor
 from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.agents import AGENTS, common, host_learner
 from jaxrl_dist.envs import gymnasium_env
-from jaxrl_dist.training import RunSettings
+from jaxrl_dist.training import RunSettings, checkpoint_period, read_history
 
 JOIN_TIMEOUT_S = 5.0
 
@@ -153,6 +162,93 @@ class _Interval:
         self.env_steps += rollout.env_steps
 
 
+class _LagStats:
+    """Running min, sum, max and count of policy lags (the run's summary; checkpointed)."""
+
+    def __init__(self, low: float = np.inf, total: int = 0, high: float = -np.inf,
+                 count: int = 0):
+        self.low, self.total, self.high, self.count = low, total, high, count
+
+    def add(self, lags: list[int]) -> None:
+        if lags:
+            self.low, self.high = min(self.low, min(lags)), max(self.high, max(lags))
+            self.total, self.count = self.total + sum(lags), self.count + len(lags)
+
+    def __iter__(self):
+        return iter((int(self.low), self.total, int(self.high), self.count))
+
+    def summary(self) -> dict[str, float]:
+        return {"policy_lag/min": int(self.low), "policy_lag/mean": self.total / self.count,
+                "policy_lag/max": int(self.high)}
+
+
+def _run_meta(config, settings: RunSettings, host: HostSettings, num_processes: int) -> dict:
+    """What a resumed run must share with the checkpointed one (JSON-able)."""
+    layout = dataclasses.asdict(host)
+    for name in ("stall_timeout_s", "queue_size"):  # change how fast, not what is computed
+        del layout[name]
+    layout.update(actor_devices=len(host.actor_devices),
+                  learner_devices=len(host.learner_devices))
+    return {
+        "config": {k: writers.jsonable(v) for k, v in dataclasses.asdict(config).items()},
+        "seed": settings.seed, "host": layout, "num_processes": num_processes,
+    }
+
+
+def _restore(checkpointer, learner, init_key, run_meta: dict, workdir: str | None):
+    """``((state, behaviour_params, actor_states), meta)`` of the latest checkpoint.
+
+    Raises:
+      ConfigError: no checkpoint, or one made with another config or layout.
+    """
+    latest = checkpointer.latest_step() if checkpointer else None
+    if latest is None:
+        raise errors.ConfigError(f"--resume: no checkpoint in {workdir}/checkpoints")
+    abstract = learner.abstract_state(init_key)
+    try:
+        state, behaviour, actors, meta = host_checkpoint.restore(
+            checkpointer, latest, abstract, abstract.params
+        )
+    except (ValueError, KeyError) as e:
+        raise errors.ConfigError(
+            f"--resume: the checkpoint in {workdir} does not fit this run: {e}"
+        ) from None
+    for name, value in run_meta.items():
+        if meta.get(name) != value:
+            raise errors.ConfigError(
+                f"--resume: the checkpoint in {workdir} was made with a different {name} "
+                f"({meta.get(name)!r}, now {value!r})"
+            )
+    return (state, behaviour, actors), meta
+
+
+def _snapshot(thread: host_actor.ActorThread, rollout_index: int, stop: threading.Event,
+              stall_s: float) -> host_actor.ActorState:
+    """``thread``'s state at the start of ``rollout_index`` (waits for the thread to get
+    there).
+
+    Raises:
+      ActorError: the thread failed, stopped or stalled first.
+    """
+    t0 = time.perf_counter()
+    while True:
+        state = thread.snapshot(rollout_index, host_actor.WAIT_S)
+        if state is not None:
+            return state
+        if thread.error is not None:
+            raise errors.ActorError(
+                f"actor thread {thread.index} failed: {thread.error!r}"
+            ) from thread.error
+        if stop.is_set() or not thread.is_alive():
+            raise errors.ActorError(f"actor thread {thread.index} stopped before rollout "
+                                    f"{rollout_index}")
+        if time.perf_counter() - t0 > stall_s:
+            raise errors.ActorError(
+                f"actor thread {thread.index} did not reach rollout {rollout_index} in "
+                f"{stall_s:g}s (stalled env?)"
+            )
+
+
 def _get_rollout(q: queue.Queue, stop: threading.Event, threads, index: int, stall_s: float):
     t0 = time.perf_counter()
     while True:
@@ -222,8 +318,29 @@ def train_host(
     actor_devices = [devices[i] for i in host.actor_devices]
     num_updates = config.num_updates
     log_every = max(1, num_updates // max(1, settings.log_points))
+    if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
+        raise errors.ConfigError(
+            f"--checkpoint_every must be >= 1 update, got {settings.checkpoint_every}"
+        )
+    every = checkpoint_period(num_updates, 1, settings.checkpoint_every)
+
+    def is_checkpoint(updates: int) -> bool:  # also a log point and an actor snapshot
+        return 0 < updates <= num_updates and (updates % every == 0 or updates == num_updates)
+
+    init_key, train_key = jax.random.split(jax.random.key(settings.seed))
+    run_meta = _run_meta(config, settings, host, num_processes)
+    checkpointer = checkpoint.RunCheckpointer(os.path.join(workdir, "checkpoints")) if (
+        workdir) else None
+    start_update, resumed, meta = 0, None, {}
+    if settings.resume:
+        resumed, meta = _restore(checkpointer, learner, init_key, run_meta, workdir)
+        start_update = meta["updates"]
+    history = read_history(workdir, start_update * config.steps_per_update) if (
+        resumed) else []
     writer = writers.MetricsWriter(
-        workdir, wandb_project=settings.wandb_project,
+        workdir, history if resumed else None,
+        purge_step=start_update * config.steps_per_update + 1 if resumed else None,
+        wandb_project=settings.wandb_project,
         config=dict(dataclasses.asdict(config), agent=config.agent, seed=settings.seed),
     ) if workdir and process == 0 else None
     if writer:
@@ -233,8 +350,7 @@ def train_host(
             backend=jax.default_backend(), num_processes=num_processes,
         )
 
-    init_key, train_key = jax.random.split(jax.random.key(settings.seed))
-    state = learner.init(init_key)
+    state = resumed[0] if resumed else learner.init(init_key)
     act_fn = agent.host_act_fn()
     finish_fn = jax.jit(agent.actor_batch) if agent.actor_batch is not None else None
 
@@ -271,53 +387,64 @@ def train_host(
         f"compiled in {compile_s:.1f}s: {num_updates} updates of {config.steps_per_update} env "
         f"steps; {host.num_threads} actor thread(s) x {host.envs_per_thread} envs on device(s) "
         f"{list(host.actor_devices)}, learner on {list(host.learner_devices)}"
+        + (f", resumed at update {start_update}" if resumed else "")
     )
 
     server = param_server_lib.ParamServer(keep=2)
-    server.publish(0, _local(state.params))
+    behaviour = state.params  # version max(u - 1, 0): what rollout u acts with (deterministic)
+    if resumed:
+        behaviour = resumed[1]
+        server.publish(start_update - 1, _local(behaviour))
+    server.publish(start_update, _local(state.params))
     stop = threading.Event()
     queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
     actor_settings = host_actor.ActorSettings(
         config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
         host.deterministic, settings.seed, host.param_refresh_steps,
     )
+    starts = resumed[2][process * host.num_threads:(process + 1) * host.num_threads] if (
+        resumed) else [None] * host.num_threads
     threads = [
         host_actor.ActorThread(  # global thread index: seeds, env ids, keys
             process * host.num_threads + k, actor_settings,
             actor_devices[k // host.actor_threads], act_fn, server, queues[k],
             _to_learner(learner.traj_sharding, num_processes), stop, make_env, finish_fn,
+            snapshot_at=is_checkpoint if checkpointer else None, start=starts[k],
         )
         for k in range(host.num_threads)
     ]
-    history: list[dict] = []
-    lags_all: list[int] = []
+    lags = _LagStats(*meta.get("policy_lag", ()))
+    wall_offset = float(meta.get("wall_s", 0.0))
+    last_saved = start_update if resumed else None
     finished = False
     all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
         [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
     )))
-    good = (0, state.params)  # (update, params) at the last log point whose values were finite
+    good = (start_update, state.params)  # (update, params): last log point with finite values
     t_train = time.time()
     for thread in threads:
         thread.start()
     try:
         interval = _Interval()
         t_last_log, t_last_print = t_train, 0.0
-        for u in range(num_updates):
+        for u in range(start_update, num_updates):
             t0 = time.perf_counter()
             rollouts = [
                 _get_rollout(queues[k], stop, threads, k, host.stall_timeout_s)
                 for k in range(host.num_threads)
             ]
             t1 = time.perf_counter()
+            previous = state.params
             state, metrics = update(state, tuple(r.traj for r in rollouts), train_key)
             server.publish(u + 1, _local(state.params))
             jax.block_until_ready(metrics)
+            behaviour = previous if host.deterministic else state.params
             interval.timings["learner_queue_wait_s"] += t1 - t0
             interval.timings["update_s"] += time.perf_counter() - t1
             for r in rollouts:
                 interval.add_rollout(r, u)
             interval.metrics.append(metrics)
-            if (u + 1) % log_every and u + 1 < num_updates:
+            if (u + 1) % log_every and u + 1 < num_updates and not is_checkpoint(u + 1):
                 continue
             now = time.time()
             interval.actor_env_steps = sum(t.env_steps for t in threads)
@@ -325,10 +452,10 @@ def train_host(
             if num_processes > 1:
                 _gather_interval(interval)
             record = _record(
-                interval, (u + 1) * config.steps_per_update, now - t_start,
+                interval, (u + 1) * config.steps_per_update, wall_offset + now - t_start,
                 now - t_last_log,
             )
-            lags_all.extend(interval.lags)
+            lags.add(interval.lags)
             _check_finite(interval, u + 1, bool(all_finite(state.params)), good[0])
             good = (u + 1, state.params)
             interval, t_last_log = _Interval(), now
@@ -340,15 +467,31 @@ def train_host(
                 progress(
                     f"env_steps {record['env_steps']:>10d} | sps {record['sps']:>9.0f} | "
                     f"return {record['train/episode_return']:8.2f} | lag "
-                    f"{record['policy_lag/mean']:.2f} | wall {now - t_start:6.1f}s"
+                    f"{record['policy_lag/mean']:.2f} | wall {record['wall_s']:6.1f}s"
                 )
+            if checkpointer and is_checkpoint(u + 1):
+                actor_states = [
+                    _snapshot(thread, u + 1, stop, host.stall_timeout_s) for thread in threads
+                ]
+                host_checkpoint.save(checkpointer, u + 1, state, behaviour, actor_states, dict(
+                    run_meta, updates=u + 1, env_steps=(u + 1) * config.steps_per_update,
+                    wall_s=wall_offset + time.time() - t_start, policy_lag=list(lags),
+                ))
+                last_saved = u + 1
         finished = True
+    except KeyboardInterrupt:
+        progress("interrupted: " + (
+            f"last checkpoint: update {last_saved} in {checkpointer.directory} (--resume)"
+            if last_saved else "no checkpoint was saved"))
+        raise
     finally:
         stop.set()
         server.close()
         deadline = time.monotonic() + JOIN_TIMEOUT_S  # for all threads together
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if checkpointer:
+            checkpointer.close()
         if not finished and writer:
             # The last finished update's parameters (after a non-finite value: those of
             # the last log point where everything was finite): loadable and good. Saved
@@ -361,6 +504,7 @@ def train_host(
             writer.close()
     train_s = time.time() - t_train
     env_steps = num_updates * config.steps_per_update
+    run_steps = env_steps - start_update * config.steps_per_update
 
     params = jax.device_get(_local(state.params))
     sha = checkpoint.params_sha256(params)
@@ -378,17 +522,15 @@ def train_host(
     summary = {
         "env_steps": env_steps,
         "actor_env_steps": int(actor_totals[0]),
-        "wall_s": time.time() - t_start,
+        "wall_s": wall_offset + time.time() - t_start,
         "compile_s": compile_s,
         "train_s": train_s,
-        "sps": env_steps / train_s,
+        "sps": run_steps / train_s if run_steps else float("nan"),
         "eval/episode_return": float(eval_returns.mean()),
         "eval/episode_return_per_seed": eval_returns.mean(keepdims=True),
         "eval/episode_return_std_over_seeds": 0.0,
         "env_faults": int(actor_totals[1]),
-        "policy_lag/min": int(min(lags_all)),
-        "policy_lag/mean": float(np.mean(lags_all)),
-        "policy_lag/max": int(max(lags_all)),
+        **lags.summary(),
         "params_sha256": sha,
     }
     progress(
@@ -403,11 +545,11 @@ def train_host(
         writer.write(summary)
         writer.close()
         steps = np.array([h["env_steps"] for h in history])
-        curve = np.array([[h["train/episode_return"]] for h in history])
+        curve = np.array([[h["train/episode_return"]] for h in history], dtype=np.float64)
         title = f"{AGENTS[config.agent].title} on {config.env} (host actors)"
         writers.plot_learning_curve(workdir, steps, curve, title)
     return dict(summary, **{"eval/returns": eval_returns[None], "params": params,
-                            "history": history, "state": state})
+                            "history": history, "state": state, "resumed_from": start_update})
 
 
 def _local(tree: Any) -> Any:

@@ -6,6 +6,7 @@ gradients are all-reduced across them.
 """
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, agent):
 HOST_ARGS = ["--env=gymnasium:CartPole-v1", "--agent=ppo", "--actor_threads=2",
              "--envs_per_thread=4", "--rollout_len=16", "--total_steps=1024",
              "--num_minibatches=2", "--num_epochs=2", "--deterministic", "--eval_episodes=1",
-             "--log_points=2", "--compilation_cache="]
+             "--log_points=2", "--checkpoint_every=2", "--compilation_cache="]
 
 
 def test_host_actors_two_processes_equal_one_process_with_two_devices(tmp_path):
@@ -92,6 +93,19 @@ def test_host_actors_two_processes_equal_one_process_with_two_devices(tmp_path):
     assert "env_steps" in results[0][1] and "env_steps" not in results[1][1]
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["num_processes"] == 2 and config["num_envs"] == 16
+
+    # Resumed in 2 processes from the checkpoint at update 2 (each process's actor
+    # threads from their own states): the same bits as the uninterrupted 2-process run.
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "two", cut)
+    shutil.rmtree(cut / "checkpoints" / "4")
+    procs = mp.start_processes(mp.TRAIN, [*HOST_ARGS, "--actor_devices=0", "--learner_devices=0",
+                                          f"--workdir={cut}", "--resume"], 2)
+    results = mp.wait_all(procs)
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    assert "resumed at update 2" in results[0][1]
+    assert last_line(cut)[-1]["params_sha256"] == two[-1]["params_sha256"]
 
 
 def test_a_dead_peer_stops_the_other_process_with_an_error(tmp_path):

@@ -16,6 +16,13 @@ Faults: an exception raised by the environment's ``step``/``reset`` is caught;
 the vector env is re-created with a fresh seed, the partial rollout is dropped,
 the event is counted and logged, and acting goes on. Any other exception is
 fatal: it is stored in ``error``, the stop event is set and the thread ends.
+
+Checkpoints: at the start of each rollout that ``snapshot_at`` names, a thread
+fetches parameters and records an ``ActorState`` (its PRNG key, its envs' whole
+state, its counters); the learner takes it with ``snapshot`` for the checkpoint
+written after the update before that rollout. A thread built with ``start``
+resumes from one: with ``--deterministic`` and envs whose state can be captured,
+it then produces exactly the rollouts of the uninterrupted run.
 """
 
 import logging
@@ -54,6 +61,22 @@ class Rollout(NamedTuple):
     env_faults: int  # environment exceptions since the previous rollout
 
 
+class ActorState(NamedTuple):
+    """An actor thread's state at the start of rollout ``rollout_index`` (what a
+    checkpoint holds to resume the thread there).
+
+    ``env_state`` is ``VectorEnv.get_state()``: ``None`` where the envs' state cannot be
+    captured (a resumed thread then starts fresh episodes).
+    """
+
+    rollout_index: int
+    key_data: np.ndarray  # uint32 raw data of the thread's PRNG key
+    env_state: bytes | None
+    env_faults: int
+    env_steps: int
+    faults_unreported: int
+
+
 class ActorSettings(NamedTuple):
     env: str  # gymnasium:<id>
     envs_per_thread: int
@@ -80,13 +103,17 @@ class ActorThread(threading.Thread):
       make_env: ``(settings, seed) -> VectorEnv`` (tests inject faulty envs here).
       finish_fn: optional jitted ``(params, traj, env_ids) -> batch`` run on the actor
         device on each rollout before it is sent (an agent's ``actor_batch``).
+      snapshot_at: ``rollout_index -> bool``: rollouts to start with a parameter fetch
+        and an ``ActorState`` snapshot (checkpoint points), taken by ``snapshot``.
+      start: an ``ActorState`` to resume from (``None``: a fresh start at rollout 0).
     """
 
     def __init__(
         self, index: int, settings: ActorSettings, device, act_fn: Callable,
         params_server: param_server_lib.ParamServer, out: queue.Queue, to_learner: Callable,
         stop: threading.Event, make_env: Callable | None = None,
-        finish_fn: Callable | None = None,
+        finish_fn: Callable | None = None, snapshot_at: Callable[[int], bool] | None = None,
+        start: ActorState | None = None,
     ):
         super().__init__(name=f"actor-{index}", daemon=True)
         self.index = index
@@ -108,20 +135,50 @@ class ActorThread(threading.Thread):
             dtype=np.int32,
         )
         self.error: BaseException | None = None
-        self.env_faults = 0
-        self.env_steps = 0
-        self._faults_unreported = 0
+        self.snapshot_at = snapshot_at or (lambda r: False)
+        self.start_state = start
+        self.env_faults = start.env_faults if start else 0
+        self.env_steps = start.env_steps if start else 0
+        self._faults_unreported = start.faults_unreported if start else 0
+        self._snapshots: dict[int, ActorState] = {}
+        self._snapshot_cond = threading.Condition()
+
+    def snapshot(self, rollout_index: int, timeout: float) -> ActorState | None:
+        """The ``ActorState`` taken at the start of rollout ``rollout_index`` (a rollout
+        of ``snapshot_at``); waits up to ``timeout`` s, returns ``None`` if it is not
+        there by then or the thread ended. Forgets older snapshots."""
+        with self._snapshot_cond:
+            self._snapshot_cond.wait_for(
+                lambda: rollout_index in self._snapshots or not self.is_alive()
+                or self.stop.is_set(), timeout=timeout,
+            )
+            for r in [r for r in self._snapshots if r < rollout_index]:
+                del self._snapshots[r]
+            return self._snapshots.get(rollout_index)
+
+    def _take_snapshot(self, rollout_index: int, key, env) -> None:
+        state = ActorState(
+            rollout_index, np.asarray(jax.random.key_data(key)), env.get_state(),
+            self.env_faults, self.env_steps, self._faults_unreported,
+        )
+        with self._snapshot_cond:
+            self._snapshots[rollout_index] = state
+            self._snapshot_cond.notify_all()
 
     def _seed(self) -> int:
-        # Distinct per thread, per env (VectorEnv adds the env index) and per re-creation.
-        s = self.settings
+        # Distinct per thread, per env (VectorEnv adds the env index), per re-creation
+        # and per resume whose env state could not be restored.
+        s, start = self.settings, self.start_state
+        resumed = start.rollout_index if start is not None and start.env_state is None else 0
         return (s.seed * 1_000_003 + self.index * s.envs_per_thread
-                + self.env_faults * 7_919_993) % (2**31)
+                + self.env_faults * 7_919_993 + resumed * 104_729) % (2**31)
 
     def run(self) -> None:
         env = None
         try:
             env = self.make_env(self.settings, self._seed())
+            if self.start_state is not None and self.start_state.env_state is not None:
+                env.set_state(self.start_state.env_state)
             self._run(env)
         except BaseException as e:  # noqa: BLE001 - reported to the learner, which raises
             self.error = e
@@ -130,6 +187,8 @@ class ActorThread(threading.Thread):
         finally:
             if env is not None:
                 env.close()
+            with self._snapshot_cond:  # wakes a learner waiting for a snapshot
+                self._snapshot_cond.notify_all()
 
     def _params(self, rollout_index: int, timings: dict) -> tuple[int, Any] | None:
         t0 = time.perf_counter()
@@ -141,16 +200,21 @@ class ActorThread(threading.Thread):
         return got
 
     def _run(self, env: gymnasium_env.VectorEnv) -> None:
-        s = self.settings
-        key = jax.device_put(
-            jax.random.fold_in(jax.random.key(s.seed), 1_000 + self.index), self.device
-        )
+        s, start = self.settings, self.start_state
+        key = jax.random.fold_in(jax.random.key(s.seed), 1_000 + self.index)
+        if start is not None:
+            key = jax.random.wrap_key_data(start.key_data, impl=jax.random.key_impl(key))
+        key = jax.device_put(key, self.device)
         env_ids = jax.device_put(self.env_ids, self.device)
-        rollout_index, cached_version, params = 0, -1, None
+        rollout_index = start.rollout_index if start is not None else 0
+        cached_version, params = -1, None
         steps_since_fetch = 0
         while not self.stop.is_set():
             timings = dict.fromkeys(TIMERS, 0.0)
-            if params is None or steps_since_fetch >= s.param_refresh_steps:
+            snapshot = self.snapshot_at(rollout_index)
+            if snapshot:  # a resumed thread starts here: with a fetch, from this state
+                self._take_snapshot(rollout_index, key, env)
+            if params is None or steps_since_fetch >= s.param_refresh_steps or snapshot:
                 got = self._params(rollout_index, timings)
                 if got is None:
                     return

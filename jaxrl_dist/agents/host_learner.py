@@ -50,6 +50,7 @@ class HostLearner:
     Attributes:
       agent: the agent's learner (networks, distribution, ``learn``).
       traj_sharding: ``NamedSharding`` actors put trajectory leaves with.
+      state_shardings: ``HostState`` of ``NamedSharding`` (what ``init`` returns).
       init: jitted ``key -> HostState`` (replicated).
       update: jitted ``(state, trajs: tuple of Transition, key) -> (state, metrics)``.
 
@@ -68,11 +69,11 @@ class HostLearner:
             params=P(), opt_state=P(), agent_state=self.agent.agent_state_specs(seed_axis=False),
             update_step=P(),
         )
-        shardings = jax.tree.map(
+        self.state_shardings = jax.tree.map(
             lambda spec: NamedSharding(mesh, spec), self.state_specs,
             is_leaf=lambda x: isinstance(x, P),
         )
-        self.init = jax.jit(self._init, out_shardings=shardings)
+        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
         # Only agent_state is donated (Ape-X's replay is updated in place): the
         # parameters stay valid for actors still copying a published version.
         self._update = jax.jit(
@@ -109,6 +110,16 @@ class HostLearner:
             opt_state=self.agent.optimizer.init(params),
             agent_state=self.agent._init_agent_state(params),
             update_step=jnp.zeros((), jnp.int32),
+        )
+
+    def abstract_state(self, key: jax.Array) -> HostState:
+        """``HostState`` of ``jax.ShapeDtypeStruct`` with shardings (to restore into)."""
+        return jax.tree.map(  # shardings may be a prefix of the state's tree
+            lambda sharding, sub: jax.tree.map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), sub
+            ),
+            self.state_shardings, jax.eval_shape(self.init, key),
+            is_leaf=lambda x: isinstance(x, NamedSharding),
         )
 
     def local_env_ids(self, num_threads: int, width: int) -> jax.Array:

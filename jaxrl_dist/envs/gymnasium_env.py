@@ -12,10 +12,12 @@ adapter: truncation bootstraps from V(next_obs), termination does not.
 """
 
 import contextlib
+import pickle
 from typing import Any, NamedTuple
 
 import gymnasium
 import numpy as np
+from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode
 
 from jaxrl_dist import errors
@@ -180,6 +182,37 @@ class VectorEnv:
             self._lengths[done] = 0
         self.obs = obs
         return Step(obs, reward, terminated, truncated, next_obs)
+
+    def get_state(self) -> bytes | None:
+        """This vector env's whole state as bytes (a pickle), or ``None`` where it cannot be
+        captured.
+
+        The state: every sub-env (its wrappers, its simulator state, its ``np_random``),
+        the observations to act on, the running episode statistics. ``None`` for
+        ``async`` vectorization (the envs live in worker processes) and for envs that
+        pickle by re-construction (``gymnasium.utils.EzPickle``: MuJoCo, Box2D, Atari),
+        whose pickles would silently hold a fresh env instead of this one. In
+        ``SAME_STEP`` autoreset mode a ``SyncVectorEnv`` keeps no other state between
+        steps.
+        """
+        if self.vectorization != "sync" or any(
+            isinstance(e.unwrapped, EzPickle) for e in self._env.envs
+        ):
+            return None
+        return pickle.dumps((self._env.envs, self.obs, self._returns, self._lengths,
+                             self._finished))
+
+    def set_state(self, state: bytes) -> None:
+        """Restores a state from :meth:`get_state` of a vector env made with the same id,
+        size and vectorization (the pickle is trusted: it comes from our checkpoint)."""
+        envs, self.obs, self._returns, self._lengths, finished = pickle.loads(state)  # noqa: S301
+        if len(envs) != self.num_envs:
+            raise ValueError(f"the state holds {len(envs)} envs, this vector env has "
+                             f"{self.num_envs}")
+        for env in self._env.envs:
+            env.close()
+        self._env.envs = envs
+        self._finished = list(finished)
 
     def pop_episode_sums(self) -> tuple[float, float, int]:
         """``(return_sum, length_sum, count)`` of episodes finished since the last call."""
