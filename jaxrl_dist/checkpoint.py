@@ -122,6 +122,13 @@ class RunCheckpointer:
         )
         self._manager.wait_until_finished()
 
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON ``meta`` of checkpoint ``step`` alone (no arrays are read)."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return dict(restored["meta"])
+
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """``(state, meta)`` of checkpoint ``step``.
 

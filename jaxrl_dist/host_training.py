@@ -204,6 +204,22 @@ def _restore(checkpointer, learner, init_key, run_meta: dict, workdir: str | Non
     latest = checkpointer.latest_step() if checkpointer else None
     if latest is None:
         raise errors.ConfigError(f"--resume: no checkpoint in {workdir}/checkpoints")
+    meta = checkpointer.meta(latest)  # checked before any array is read
+    for name, value in run_meta.items():
+        saved = meta.get(name)
+        if saved == value:
+            continue
+        if isinstance(value, dict) and isinstance(saved, dict):
+            diff = ", ".join(f"{k}={saved.get(k)!r} (now {value.get(k)!r})"
+                             for k in sorted(value.keys() | saved.keys())
+                             if saved.get(k) != value.get(k))
+            raise errors.ConfigError(
+                f"--resume: the checkpoint in {workdir} was made with {name} {diff}"
+            )
+        raise errors.ConfigError(
+            f"--resume: the checkpoint in {workdir} was made with {name}={saved!r} "
+            f"(now {value!r})"
+        )
     abstract = learner.abstract_state(init_key)
     try:
         state, behaviour, actors, meta = host_checkpoint.restore(
@@ -213,12 +229,6 @@ def _restore(checkpointer, learner, init_key, run_meta: dict, workdir: str | Non
         raise errors.ConfigError(
             f"--resume: the checkpoint in {workdir} does not fit this run: {e}"
         ) from None
-    for name, value in run_meta.items():
-        if meta.get(name) != value:
-            raise errors.ConfigError(
-                f"--resume: the checkpoint in {workdir} was made with a different {name} "
-                f"({meta.get(name)!r}, now {value!r})"
-            )
     return (state, behaviour, actors), meta
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -147,7 +148,8 @@ def plot_learning_curve(
 
     path = os.path.join(workdir, "learning_curve.png")
     fig, ax = plt.subplots(figsize=(6, 4))
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no episode yet
         mean = np.nanmean(returns, axis=1)
         low, high = np.nanmin(returns, axis=1), np.nanmax(returns, axis=1)
     ax.plot(env_steps, mean, label=f"mean of {returns.shape[1]} seed(s)")

@@ -70,6 +70,16 @@ def test_sigkilled_host_actor_run_resumed_matches_an_uninterrupted_run(tmp_path)
     assert checkpoint.params_sha256(checkpoint.load_params(os.path.join(killed, "checkpoint"))) \
         == a[-1]["params_sha256"]
 
+    # Another layout with as many envs: refused before compiling, one line, exit 2.
+    other = mp.start(mp.TRAIN, [*args, f"--workdir={killed}", "--resume",
+                                "--actor_threads=4", "--envs_per_thread=2"])
+    _, err = other.communicate(timeout=120)
+    assert other.returncode == 2
+    assert err.strip().splitlines() == [
+        f"error: --resume: the checkpoint in {killed} was made with host actor_threads=2 "
+        "(now 4), envs_per_thread=4 (now 2)"
+    ]
+
 
 QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9,
                              checkpoint_every=8)
@@ -108,9 +118,10 @@ def test_apex_host_resume_restores_replay_and_actors_and_checks_the_layout(
     assert fresh["resumed_from"] == 16 and fresh["env_steps"] == 24 * 32
     assert fresh["params_sha256"] != full["params_sha256"]
 
-    other = dataclasses.replace(host, envs_per_thread=2)
-    with pytest.raises(errors.ConfigError, match="--resume: the checkpoint in .* different"):
-        host_training.train_host(dataclasses.replace(config, num_envs=8), resume, other,
+    other = dataclasses.replace(host, actor_threads=4, envs_per_thread=2)  # as many envs
+    with pytest.raises(errors.ConfigError, match=r"checkpoint in .* was made with host "
+                       r"actor_threads=2 \(now 4\), envs_per_thread=4 \(now 2\)$"):
+        host_training.train_host(config, resume, other,
                                  str(tmp_path / "cut"), progress=lambda s: None)
     with pytest.raises(errors.ConfigError, match="--resume: no checkpoint in"):
         host_training.train_host(config, resume, host, str(tmp_path / "none"),
