@@ -2,6 +2,7 @@
 ``fast_compile`` for compile-bound tests; long subprocess runs started in the background.
 """
 
+import inspect
 import os
 import subprocess
 import threading
@@ -95,6 +96,17 @@ class BackgroundRuns:
         if proc is not None and proc.poll() is None:
             proc.kill()
         self._thread.join(timeout=60)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that wait for a background run go last (in their order): every other test
+    runs on one core while the background runs use the other, instead of the suite
+    stopping half-way to wait for them."""
+    def waits(item):  # asks for the (autouse) fixture by name: it reads a result
+        function = getattr(item, "function", None)
+        return function is not None and "background" in inspect.signature(function).parameters
+
+    items.sort(key=waits)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,9 +16,14 @@ def free_port() -> int:
 
 
 def child_env(devices: int) -> dict:
+    """The child's environment: ``devices`` CPU devices, and XLA's backend optimizations
+    off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, as conftest's ``fast_compile``): these runs
+    check mechanics (equality across layouts, resume, failures), not learning speed, and
+    compiling takes about half as long (a 2-device PPO run: 28 s -> 18 s)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     return env
 
 

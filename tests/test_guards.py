@@ -12,6 +12,8 @@ import pytest
 from jaxrl_dist import agents, checkpoint, errors, host_training, training
 from jaxrl_dist.agents import host_learner
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 
 def test_host_actor_run_stops_on_a_nan_loss_and_saves_the_last_finite_params(
     tmp_path, monkeypatch

@@ -17,6 +17,8 @@ import pytest
 from jaxrl_dist import agents, checkpoint, errors, parallel, training, writers
 from tests import multiprocess as mp
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 ARGS = ["--total_steps=40960", "--num_envs=4", "--rollout_len=32", "--checkpoint_every=20",
         "--log_points=16", "--eval_episodes=2", "--compilation_cache="]
 TIMING = {"wall_s", "sps", "compile_s", "train_s"}

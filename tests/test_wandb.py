@@ -9,6 +9,8 @@ import pytest
 from jaxrl_dist import agents, errors, training, writers
 from tests import multiprocess as mp
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 
 class FakeRun:
     def __init__(self, **init):
