@@ -12,6 +12,12 @@ actor thread, or a stalled queue sets the shared stop event; every thread's
 waits time out within ``WAIT_S`` and the threads are joined; the parameters of
 the last finished update are checkpointed; the exception is re-raised so the
 entry point exits non-zero.
+
+Checkpoints (with a workdir): every ``checkpoint_every`` updates and at the end,
+``host_checkpoint`` saves the learner state, the behaviour parameters and every
+actor thread's state at the start of the next rollout; ``resume`` goes on from
+the latest one (bit for bit in deterministic mode with envs whose state can be
+captured). Checkpoints are also log points.
 """
 
 import dataclasses
@@ -291,18 +297,21 @@ def train_host(
 
     Args:
       config: the agent's config; ``num_envs`` is replaced by the actor layout's.
-      settings: seed, evaluation and logging settings (``num_seeds`` must be 1).
+      settings: seed, evaluation, logging and checkpoint settings (``num_seeds`` must
+        be 1; ``checkpoint_every`` and ``resume`` as in ``training.train``).
       host: the actor/learner layout.
       workdir: where metrics.jsonl, config.json, checkpoint/ and the plot go.
       progress: receives one-line progress messages.
       make_env: ``(ActorSettings, seed) -> VectorEnv``-like factory (tests).
 
     Returns:
-      A summary dict as ``training.train``'s, plus ``actor_env_steps`` (all
-      steps the actors took), ``env_faults`` and ``policy_lag/*``.
+      A summary dict as ``training.train``'s (``resumed_from`` included), plus
+      ``actor_env_steps`` (all steps the actors took, counted from the run's start),
+      ``env_faults`` and ``policy_lag/*`` (over the whole run).
 
     Raises:
-      ConfigError: bad settings (before anything compiles).
+      ConfigError: bad settings, or ``resume`` finds no checkpoint or one made with
+        another config or actor layout (before anything compiles).
       ActorError: an actor thread failed or stalled (threads joined, checkpoint saved).
       KeyboardInterrupt: on Ctrl-C (threads joined, checkpoint saved).
     """
