@@ -26,10 +26,14 @@ def run_script(script, *args, devices=1, timeout=600, input=None):
     )
 
 
-def script_job(key, script, *args, devices=1, timeout=600, input=None, **extra):
+def script_job(key, script, *args, devices=1, timeout=600, input=None, fast=False, **extra):
     """``run_script``'s run as a background job (conftest.BackgroundRuns); ``extra`` comes
-    back with ``background.job(key)``."""
-    return dict(key=key, argv=[sys.executable, script, *args], env=script_env(devices),
+    back with ``background.job(key)``. ``fast``: XLA's backend optimizations off (as
+    ``tests.multiprocess.child_env``), for runs that check outputs, not learning."""
+    env = script_env(devices)
+    if fast:
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    return dict(key=key, argv=[sys.executable, script, *args], env=env,
                 cwd=ROOT, timeout=timeout, input=input, **extra)
 
 
@@ -296,17 +300,17 @@ def background_runs(items, tmp_path_factory):
                 ("cli/train", params["agent"]), TRAIN, f"--workdir={workdir}",
                 f"--agent={params['agent']}", "--total_steps=16384", "--num_envs=8",
                 "--rollout_len=64", "--num_seeds=2", "--eval_episodes=4", "--compilation_cache=",
-                "--num_devices=2", devices=4, workdir=workdir,
+                "--num_devices=2", devices=4, workdir=workdir, fast=True,
             ))
         elif item.originalname == "test_host_actor_benchmark_reports_the_ratio_to_raw_env_steps":
             jobs.append(script_job(
                 "cli/benchmark_host", BENCHMARK, "--env=gymnasium:CartPole-v1",
                 "--total_steps=4096", "--envs_per_thread=8", "--rollout_len=32",
-                "--raw_seconds=1",
+                "--raw_seconds=1", fast=True,
             ))
         elif item.originalname == "test_benchmark_prints_table_and_json":
             jobs.append(script_job(
                 ("cli/benchmark", params["agent"]), BENCHMARK, f"--agent={params['agent']}",
-                "--total_steps=8192", "--num_envs=16", "--rollout_len=32",
+                "--total_steps=8192", "--num_envs=16", "--rollout_len=32", fast=True,
             ))
     return jobs
