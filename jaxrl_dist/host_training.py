@@ -43,6 +43,7 @@ from jaxrl_dist import (
     types,
     writers,
 )
+from jaxrl_dist import training as training_lib
 from jaxrl_dist.actors import host_actor
 from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.agents import AGENTS, common, host_learner
@@ -226,7 +227,7 @@ def _restore(checkpointer, learner, init_key, run_meta: dict, workdir: str | Non
             f"--resume: the checkpoint in {workdir} was made with {name}={saved!r} "
             f"(now {value!r})"
         )
-    abstract = learner.abstract_state(init_key)
+    abstract = training_lib.abstract_state(learner, init_key)
     try:
         state, behaviour, actors, meta = host_checkpoint.restore(
             checkpointer, latest, abstract, abstract.params
@@ -238,51 +239,47 @@ def _restore(checkpointer, learner, init_key, run_meta: dict, workdir: str | Non
     return (state, behaviour, actors), meta
 
 
-def _snapshot(thread: host_actor.ActorThread, rollout_index: int, stop: threading.Event,
-              stall_s: float) -> host_actor.ActorState:
-    """``thread``'s state at the start of ``rollout_index`` (waits for the thread to get
-    there).
+def _wait_for(get: Callable[[float], Any], threads, index: int, stop: threading.Event,
+              stall_s: float, what: str) -> Any:
+    """``get(timeout)``'s first non-``None`` value, polled every ``WAIT_S`` s.
 
     Raises:
-      ActorError: the thread failed, stopped or stalled first.
+      ActorError: some actor thread failed (named first), thread ``index`` stopped, or
+        nothing came within ``stall_s`` s (``what`` names what was awaited).
     """
     t0 = time.perf_counter()
     while True:
-        state = thread.snapshot(rollout_index, host_actor.WAIT_S)
-        if state is not None:
-            return state
-        if thread.error is not None:
-            raise errors.ActorError(
-                f"actor thread {thread.index} failed: {thread.error!r}"
-            ) from thread.error
-        if stop.is_set() or not thread.is_alive():
-            raise errors.ActorError(f"actor thread {thread.index} stopped before rollout "
-                                    f"{rollout_index}")
-        if time.perf_counter() - t0 > stall_s:
-            raise errors.ActorError(
-                f"actor thread {thread.index} did not reach rollout {rollout_index} in "
-                f"{stall_s:g}s (stalled env?)"
-            )
-
-
-def _get_rollout(q: queue.Queue, stop: threading.Event, threads, index: int, stall_s: float):
-    t0 = time.perf_counter()
-    while True:
-        try:
-            return q.get(timeout=host_actor.WAIT_S)
-        except queue.Empty:
-            pass
+        value = get(host_actor.WAIT_S)
+        if value is not None:
+            return value
         if stop.is_set() or not threads[index].is_alive():
             for thread in threads:
                 if thread.error is not None:
                     raise errors.ActorError(
                         f"actor thread {thread.index} failed: {thread.error!r}"
                     ) from thread.error
-            raise errors.ActorError(f"actor thread {index} stopped without a rollout")
+            raise errors.ActorError(f"actor thread {index} stopped without a {what}")
         if time.perf_counter() - t0 > stall_s:
             raise errors.ActorError(
-                f"no rollout from actor thread {index} in {stall_s:g}s (stalled env?)"
+                f"no {what} from actor thread {index} in {stall_s:g}s (stalled env?)"
             )
+
+
+def _get_rollout(q: queue.Queue, stop: threading.Event, threads, index: int, stall_s: float):
+    def get(timeout):
+        try:
+            return q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    return _wait_for(get, threads, index, stop, stall_s, "rollout")
+
+
+def _snapshot(threads, index: int, rollout_index: int, stop: threading.Event,
+              stall_s: float) -> host_actor.ActorState:
+    """Thread ``index``'s state at the start of ``rollout_index`` (waits for it)."""
+    return _wait_for(lambda timeout: threads[index].snapshot(rollout_index, timeout), threads,
+                     index, stop, stall_s, f"snapshot of rollout {rollout_index}")
 
 
 def train_host(
@@ -490,7 +487,8 @@ def train_host(
                 )
             if checkpointer and is_checkpoint(u + 1):
                 actor_states = [
-                    _snapshot(thread, u + 1, stop, host.stall_timeout_s) for thread in threads
+                    _snapshot(threads, k, u + 1, stop, host.stall_timeout_s)
+                    for k in range(host.num_threads)
                 ]
                 host_checkpoint.save(checkpointer, u + 1, state, behaviour, actor_states, dict(
                     run_meta, updates=u + 1, env_steps=(u + 1) * config.steps_per_update,

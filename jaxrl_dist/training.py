@@ -102,8 +102,12 @@ def _check_finite(host: dict[str, np.ndarray], done_updates: int, where: str) ->
     )
 
 
-def _abstract_state(learner, init_keys) -> Any:
-    """The train state's shapes and dtypes with its shardings (to restore into)."""
+def abstract_state(learner, init_keys) -> Any:
+    """The train state's shapes and dtypes with its shardings (to restore into).
+
+    ``learner``: anything with ``init(init_keys)`` and ``state_shardings`` (a prefix
+    tree of ``NamedSharding``): an on-device learner or a ``HostLearner``.
+    """
     shapes = jax.eval_shape(learner.init, init_keys)
     return jax.tree.map(
         lambda sharding, sub: jax.tree.map(
@@ -178,7 +182,7 @@ def train(
         latest = checkpointer.latest_step() if checkpointer else None
         if latest is None:
             raise errors.ConfigError(f"--resume: no checkpoint in {workdir}/checkpoints")
-        state, meta = checkpointer.restore(latest, _abstract_state(learner, init_keys))
+        state, meta = checkpointer.restore(latest, abstract_state(learner, init_keys))
         for name, value in run_meta.items():
             if meta.get(name) != value:
                 raise errors.ConfigError(

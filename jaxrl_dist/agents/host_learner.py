@@ -112,16 +112,6 @@ class HostLearner:
             update_step=jnp.zeros((), jnp.int32),
         )
 
-    def abstract_state(self, key: jax.Array) -> HostState:
-        """``HostState`` of ``jax.ShapeDtypeStruct`` with shardings (to restore into)."""
-        return jax.tree.map(  # shardings may be a prefix of the state's tree
-            lambda sharding, sub: jax.tree.map(
-                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), sub
-            ),
-            self.state_shardings, jax.eval_shape(self.init, key),
-            is_leaf=lambda x: isinstance(x, NamedSharding),
-        )
-
     def local_env_ids(self, num_threads: int, width: int) -> jax.Array:
         """``[num_threads * width]`` int32 global ids (``thread * B_thread + position``) of
         the envs on this learner device (inside shard_map).
