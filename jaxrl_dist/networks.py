@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import distributions, initializers
+from jaxrl_dist import distributions, initializers, matmul
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 _SQRT2 = float(np.sqrt(2.0))
@@ -32,9 +32,15 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
         for size in self.hidden_sizes:
-            x = nn.Dense(size, kernel_init=initializers.orthogonal(np.sqrt(2.0)))(x)
+            x = nn.Dense(
+                size, kernel_init=initializers.orthogonal(np.sqrt(2.0)),
+                dot_general=matmul.dense_dot_general,
+            )(x)
             x = act(x)
-        return nn.Dense(self.out_size, kernel_init=initializers.orthogonal(self.out_scale))(x)
+        return nn.Dense(
+            self.out_size, kernel_init=initializers.orthogonal(self.out_scale),
+            dot_general=matmul.dense_dot_general,
+        )(x)
 
 
 class Torso(nn.Module):

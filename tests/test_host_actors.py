@@ -245,7 +245,7 @@ def test_ctrl_c_stops_within_ten_seconds_with_a_checkpoint_and_nonzero_exit(tmp_
 # Ape-X: one thread of 32 envs (half the inference calls per env step of 2 x 16), and
 # 8 learner steps per update of 256 env steps: the replay ratio of the on-device default.
 HOST_LEARNING = {
-    "ppo": (2, 8, dict(rollout_len=64, total_steps=300_000)),
+    "ppo": (2, 8, dict(rollout_len=64, total_steps=400_000)),
     "impala": (2, 8, dict(rollout_len=10, total_steps=400_000)),
     "apex": (1, 32, dict(rollout_len=8, learner_steps=8, total_steps=500_000)),
 }

@@ -96,7 +96,10 @@ class OnDeviceLearner:
                 f"shape {tuple(self.env.obs_shape)}"
             )
         self._build_networks(obs_ndim)
-        self.optimizer = self._make_optimizer()
+        # The update rule acts on ONE flat vector of all parameters: on CPU every
+        # parameter leaf would otherwise cost its own few small kernels per step.
+        self.flat_optimizer = self._make_optimizer()
+        self.optimizer = optax.flatten(self.flat_optimizer)
         self.state_specs = STATE_SPECS._replace(agent_state=self.agent_state_specs(seed_axis=True))
         self.state_shardings = jax.tree.map(
             lambda spec: NamedSharding(mesh, spec), self.state_specs,

@@ -4,11 +4,12 @@ The shared parts (environment, networks, sharded state, the scanned program)
 live in ``agents/on_device.py``; this module is PPO's update only.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+from jax import flatten_util
 
 from jaxrl_dist import losses, parallel
 from jaxrl_dist.agents import on_device
@@ -94,20 +95,24 @@ class Learner(on_device.OnDeviceLearner):
         }
         return total, metrics
 
-    def _sgd_step(self, carry, xs):
-        """One gradient step on a minibatch; ``moments`` are its advantages' global
+    def _sgd_step(self, unravel, carry, xs):
+        """One gradient step on a minibatch, on the flat parameter vector
+        (``unravel`` rebuilds the tree); ``moments`` are its advantages' global
         ``(E[Â], E[Â²])`` (None without normalisation)."""
-        params, opt_state, kl_beta = carry
+        flat_params, opt_state, kl_beta = carry
         batch, moments = xs
         advantage = batch.advantage
         if moments is not None:
             advantage = losses.standardize_advantages(advantage, moments)
-        grads, metrics = parallel.mean_grad(self._loss, params, batch, advantage, kl_beta)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics["opt/grad_norm"] = optax.tree.norm(grads)
+        grads, metrics = parallel.mean_grad(
+            lambda flat, *args: self._loss(unravel(flat), *args),
+            flat_params, batch, advantage, kl_beta,
+        )
+        updates, opt_state = self.flat_optimizer.update(grads, opt_state, flat_params)
+        flat_params = flat_params + updates
+        metrics["opt/grad_norm"] = jnp.linalg.norm(grads)
         # Local metrics; averaged over devices once per update (in ``learn``).
-        return (params, opt_state, kl_beta), metrics
+        return (flat_params, opt_state, kl_beta), metrics
 
     def _permutation(self, key: jax.Array, env_ids: jax.Array) -> jax.Array:
         """``[T, B_local]`` int32: each env's time steps shuffled (keyed by its global id,
@@ -161,15 +166,19 @@ class Learner(on_device.OnDeviceLearner):
                     self._minibatches(advantages, perm))
             )(perms))  # [E, M, 2]
 
+        flat_params, unravel = flatten_util.ravel_pytree(params)
+        sgd_step = functools.partial(self._sgd_step, unravel)
+
         def epoch(carry, xs):
             perm, epoch_moments = xs
             return jax.lax.scan(
-                self._sgd_step, carry, (self._minibatches(batch, perm), epoch_moments)
+                sgd_step, carry, (self._minibatches(batch, perm), epoch_moments)
             )
 
-        (params, opt_state, kl_beta), metrics = jax.lax.scan(
-            epoch, (params, opt_state, agent_state.kl_beta), (perms, moments)
+        (flat_params, opt_state, kl_beta), metrics = jax.lax.scan(
+            epoch, (flat_params, opt_state, agent_state.kl_beta), (perms, moments)
         )
+        params = unravel(flat_params)
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["value/mean"] = jnp.mean(values)
         metrics = parallel.pmean(metrics)  # one all-reduce

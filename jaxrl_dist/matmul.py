@@ -1,0 +1,54 @@
+"""``x @ W`` with a backward pass laid out for XLA's CPU matmul kernels.
+
+Autodiff of ``y = x @ W`` gives the weight gradient as ``dW = xᵀ·dy``, a dot
+contracting the *leading* (batch) axis of both operands. XLA's CPU backend
+hands dots to its fast YNNPACK kernels only when the left operand contracts its
+last axis (row-major, "canonical"); the transposed form falls back to a slower
+Eigen path. On the PPO CartPole minibatch (128 × 64 × 64) that dot took about
+twice as long as the forward one (``jax.profiler`` trace, BUILD.md). Here the
+backward pass materialises ``xᵀ`` (an ``optimization_barrier`` keeps XLA from
+folding the transpose back into the dot), so all three dots of a layer take the
+fast path. Values are the same as autodiff's up to float summation order.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` for ``x`` ``[..., K]`` and ``w`` ``[K, J]`` (float), giving ``[..., J]``."""
+    return jnp.matmul(x, w)
+
+
+def _fwd(x, w):
+    return jnp.matmul(x, w), (x, w)
+
+
+def _bwd(residuals, dy):
+    x, w = residuals
+    k, j = w.shape
+    x_t = jax.lax.optimization_barrier(x.reshape(-1, k).T)  # [K, N], row-major
+    dw = jnp.matmul(x_t, dy.reshape(-1, j)).astype(w.dtype)
+    dx = jnp.matmul(dy, w.T).astype(x.dtype)
+    return dx, dw
+
+
+matmul.defvjp(_fwd, _bwd)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """A ``lax.dot_general`` for ``flax.linen.Dense``: :func:`matmul` for Dense's own
+    contraction (last axis of the input with the kernel's first), else ``lax.dot_general``."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    standard = (
+        tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
+        and not lhs_batch and not rhs_batch and rhs.ndim == 2
+        and precision is None and preferred_element_type is None
+    )
+    if not standard:
+        return jax.lax.dot_general(
+            lhs, rhs, dimension_numbers, precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    return matmul(lhs, rhs)
