@@ -17,7 +17,13 @@ import jax.numpy as jnp
 
 @jax.custom_vjp
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x @ w`` for ``x`` ``[..., K]`` and ``w`` ``[K, J]`` (float), giving ``[..., J]``."""
+    """``x @ w``: ``x`` ``[..., K]`` and ``w`` ``[K, J]``, float32 (or any one float
+    dtype), giving ``[..., J]`` of that dtype. Differentiable in both arguments
+    (the backward pass above); not a paper's equation, a layout of the standard one.
+
+    Raises:
+      TypeError / ValueError (from ``jnp.matmul``): ``K`` differs or ``w`` is not 2-D.
+    """
     return jnp.matmul(x, w)
 
 
@@ -38,8 +44,12 @@ matmul.defvjp(_fwd, _bwd)
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """A ``lax.dot_general`` for ``flax.linen.Dense``: :func:`matmul` for Dense's own
-    contraction (last axis of the input with the kernel's first), else ``lax.dot_general``."""
+    """A ``lax.dot_general`` for ``flax.linen.Dense(dot_general=...)``.
+
+    Dense's own contraction (``lhs`` ``[..., K]``'s last axis with ``rhs`` ``[K, J]``'s
+    first, no batch axes, default precision) goes to :func:`matmul`; anything else
+    to ``lax.dot_general`` unchanged, with its shapes, dtypes and errors.
+    """
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     standard = (
         tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)

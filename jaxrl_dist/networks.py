@@ -20,6 +20,13 @@ _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 _SQRT2 = float(np.sqrt(2.0))
 
 
+def _dense(size: int, scale: float) -> nn.Dense:
+    """A Dense layer with orthogonal(``scale``) init and ``matmul``'s CPU-friendly backward."""
+    return nn.Dense(
+        size, kernel_init=initializers.orthogonal(scale), dot_general=matmul.dense_dot_general
+    )
+
+
 class MLP(nn.Module):
     """Dense layers with orthogonal(sqrt 2) init and a final linear layer."""
 
@@ -32,15 +39,8 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
         for size in self.hidden_sizes:
-            x = nn.Dense(
-                size, kernel_init=initializers.orthogonal(np.sqrt(2.0)),
-                dot_general=matmul.dense_dot_general,
-            )(x)
-            x = act(x)
-        return nn.Dense(
-            self.out_size, kernel_init=initializers.orthogonal(self.out_scale),
-            dot_general=matmul.dense_dot_general,
-        )(x)
+            x = act(_dense(size, _SQRT2)(x))
+        return _dense(self.out_size, self.out_scale)(x)
 
 
 class Torso(nn.Module):
