@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_dist import compile_options
 from jaxrl_dist.envs import gymnax_env
 
 
@@ -46,7 +47,9 @@ def make_evaluator(
         (_, returns, _), _ = jax.lax.scan(step, init, step_keys)
         return returns
 
-    return jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)))
+    return jax.jit(
+        jax.vmap(evaluate_one, in_axes=(0, None)), compiler_options=compile_options.run_once()
+    )
 
 
 def evaluate_on_host(
