@@ -1,22 +1,24 @@
-"""XLA compiler options for programs that run once per training run.
+"""XLA compiler options that shorten a run's compile time on CPU.
 
-A run compiles three programs: the initial state, the chunk of updates, and the
-greedy evaluation. The first and last each run once (the evaluation a few hundred
-small steps), so on CPU their compile time is nearly all of their cost: LLVM's
-default optimisation (``-O3``-like) spends ~3.4 s compiling PPO's initial state
-(orthogonal initialisation, env resets) and ~1.5 s the evaluation on a 2-core VM,
-versus ~1.5 s and ~0.8 s at level 0, where they then run in ~0.01 s and ~0.04 s
-instead of ~0.003 s and ~0.009 s (measured 2026-11-22 on this project's 2-core
-CPU VM, jax 0.10.2, PPO CartPole defaults; ``/tmp`` scripts, see BUILD.md). The
-values computed are the same (tested in ``tests/test_compile_options.py``).
+A run compiles a few programs besides its training chunk: the per-seed keys and
+the greedy evaluation run once each (the evaluation a few hundred small steps),
+so on CPU their compile time is nearly all of their cost. At XLA's backend
+optimisation level 0 the evaluation compiles in ~0.6 s instead of ~1.5 s and
+then runs in ~0.04 s instead of ~0.01 s, with the same returns (measured
+2026-11-22 on this project's 2-core CPU VM, jax 0.10.2, PPO CartPole defaults).
+The initial state keeps XLA's default: below level 3 the orthogonal
+initialisation rounds differently in the last bit (LLVM fuses multiply-adds only
+at the higher levels), which would change every run's trajectory.
 
-The training chunk runs for most of the run, yet level 2 (LLVM's ``-O2``-like
-pipeline instead of the default 3) compiles it ~25 % faster with no measurable
-cost: PPO CartPole 4 × 128, ten paired runs (one per core, simultaneously,
-alternating cores) gave 103.2k vs 103.7k env steps/s (level 3 vs 2) and 13.1-15.0 s
-vs 10.2-12.1 s single-core compile; 40 updates give bit-identical parameters. Most
-of the compile is LLVM optimising the unrolled threefry hashes of ``jax.random``
-(about 4.6 of 8.1 CPU-seconds), which level 2 does not vectorise as hard.
+The training chunk runs for most of the run, yet level 2 (instead of XLA's default
+3) compiles it ~25 % faster at no measured cost: PPO CartPole 4 × 128, ten paired
+runs (one per core, simultaneously, alternating cores) gave 103.2k vs 103.7k env
+steps/s (level 3 vs 2) and 12.7-16.3 s vs 10.2-12.1 s single-core compiles. The
+parameters agree up to float rounding (``tests/test_compile_options.py``): one seed
+of the default config stayed bit-identical for 40 updates, but with vmapped seeds
+some multiply-adds are contracted differently (~1e-9 after 6 updates). Most of that
+compile is LLVM optimising the unrolled threefry hashes of ``jax.random`` (about
+4.6 of 8.1 CPU-seconds, per XLA's ``ir_compiler`` timing log).
 """
 
 from typing import Any

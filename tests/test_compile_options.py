@@ -1,5 +1,5 @@
 """The reduced XLA optimisation levels (``jaxrl_dist.compile_options``) compute the
-same values as XLA's default: initial state, training chunk and evaluation."""
+same values as XLA's default: seed keys, training chunk and evaluation."""
 
 import jax
 import numpy as np
@@ -15,11 +15,11 @@ def _learner(agent):
     return agents.make_learner(config, parallel.make_mesh(1), num_seeds=2)
 
 
-def _same(a, b):
+def _same(a, b, rtol=0.0, atol=0.0):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def test_options_are_cpu_only():
@@ -29,23 +29,25 @@ def test_options_are_cpu_only():
 
 
 @pytest.mark.parametrize("agent", ["ppo", "impala"])
-def test_init_and_training_chunk_match_default_level(agent):
+def test_seed_keys_and_training_chunk_match_default_level(agent):
     learner = _learner(agent)
-    init_keys, train_keys = learner.seed_keys(0)
-    lowered_init = learner.init.lower(init_keys)
-    fast_state = lowered_init.compile()(init_keys)  # run_once options (jit's own)
-    state = lowered_init.compile(compiler_options=DEFAULT)(init_keys)
-    _same(fast_state.params, state.params)
-    _same(fast_state.env_state, state.env_state)
+    init_keys, train_keys = learner.seed_keys(0)  # run_once options
+    base = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(jax.random.key(0), i)))(
+        np.arange(2)
+    )
+    _same((init_keys, train_keys), (base[:, 0], base[:, 1]))
 
+    state = learner.init(init_keys)
     chunk = learner.make_train_chunk(3)
-    fast = chunk.lower(fast_state, train_keys).compile()  # training options
+    fast = chunk.lower(state, train_keys).compile()  # training options (jit's own)
     default = chunk.lower(state, train_keys).compile(compiler_options=DEFAULT)
+    fast_state, default_state = state, jax.tree.map(lambda x: x.copy(), state)
     for _ in range(2):
         fast_state, fast_metrics = fast(fast_state, train_keys)
-        state, metrics = default(state, train_keys)
-    _same(fast_state.params, state.params)
-    _same(fast_metrics, metrics)
+        default_state, metrics = default(default_state, train_keys)
+    # Level 2 may contract a multiply-add differently: equal up to float rounding.
+    _same(fast_state.params, default_state.params, rtol=1e-4, atol=1e-7)
+    _same(fast_metrics, metrics, rtol=1e-4, atol=1e-6)
 
 
 def test_evaluation_matches_default_level():

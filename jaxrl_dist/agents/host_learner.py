@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import agents, compile_options, parallel, types
+from jaxrl_dist import agents, parallel, types
 from jaxrl_dist.envs import gymnasium_env
 
 
@@ -73,10 +73,8 @@ class HostLearner:
             lambda spec: NamedSharding(mesh, spec), self.state_specs,
             is_leaf=lambda x: isinstance(x, P),
         )
-        self.init = jax.jit(
-            self._init, out_shardings=self.state_shardings,
-            compiler_options=compile_options.run_once(mesh.devices.flat[0].platform),
-        )
+        # XLA's default level: lower ones round the orthogonal init differently.
+        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
         # Only agent_state is donated (Ape-X's replay is updated in place): the
         # parameters stay valid for actors still copying a published version.
         self._update = jax.jit(
