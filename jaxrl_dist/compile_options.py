@@ -52,7 +52,10 @@ def training(platform: str | None = None) -> dict[str, Any]:
       platform: as for ``run_once``.
 
     Returns:
-      XLA's backend optimisation level 2 on CPU, none elsewhere.
+      XLA's backend optimisation level 2 on CPU, none elsewhere or when
+      ``jax_disable_most_optimizations`` is set (its level 0 then applies).
     """
     platform = platform or jax.default_backend()
-    return dict(_TRAINING_CPU) if platform == "cpu" else {}
+    if platform != "cpu" or jax.config.read("jax_disable_most_optimizations"):
+        return {}  # an explicit level would override that flag's level 0
+    return dict(_TRAINING_CPU)
