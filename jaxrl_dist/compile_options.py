@@ -1,14 +1,15 @@
 """XLA compiler options that shorten a run's compile time on CPU.
 
-A run compiles a few programs besides its training chunk: the per-seed keys and
-the greedy evaluation run once each (the evaluation a few hundred small steps),
-so on CPU their compile time is nearly all of their cost. At XLA's backend
-optimisation level 0 the evaluation compiles in ~0.6 s instead of ~1.5 s and
-then runs in ~0.04 s instead of ~0.01 s, with the same returns (measured
-2026-11-22 on this project's 2-core CPU VM, jax 0.10.2, PPO CartPole defaults).
-The initial state keeps XLA's default: below level 3 the orthogonal
-initialisation rounds differently in the last bit (LLVM fuses multiply-adds only
-at the higher levels), which would change every run's trajectory.
+A run compiles a few programs besides its training chunk: the initial state, the
+per-seed keys and the greedy evaluation run once each (the evaluation a few hundred
+small steps), so on CPU their compile time is nearly all of their cost. At XLA's
+backend optimisation level 0 PPO CartPole's initial state compiles in ~1.2-1.6 s
+instead of ~3.4 s and the evaluation in ~0.6 s instead of ~1.5 s; they then run in
+~0.01 s and ~0.04 s instead of ~0.003 s and ~0.01 s (measured 2026-11-22 on this
+project's 2-core CPU VM, jax 0.10.2). The keys and evaluation returns are the same;
+the initial parameters and env resets agree up to float rounding (LLVM contracts multiply-adds into
+FMAs only at the higher levels), so a run's trajectory differs from one whose
+initial state was compiled at level 3, as with any change of summation order.
 
 The training chunk runs for most of the run, yet level 2 (instead of XLA's default
 3) compiles it ~25 % faster at no measured cost: PPO CartPole 4 × 128, ten paired

@@ -1,5 +1,5 @@
 """The reduced XLA optimisation levels (``jaxrl_dist.compile_options``) compute the
-same values as XLA's default: seed keys, training chunk and evaluation."""
+same values as XLA's default: seed keys, initial state, training chunk and evaluation."""
 
 import jax
 import numpy as np
@@ -31,7 +31,7 @@ def test_training_options_defer_to_disable_most_optimizations(fast_compile):
     assert compile_options.training("cpu") == {}
 
 
-def test_seed_keys_and_training_chunk_match_default_level():
+def test_seed_keys_init_and_training_chunk_match_default_level():
     # PPO's chunk holds every kind of op the other agents' chunks use (scan rollout,
     # vmapped seeds, flat-vector SGD, custom-VJP dense); one agent keeps this short.
     learner = _learner("ppo")
@@ -41,7 +41,13 @@ def test_seed_keys_and_training_chunk_match_default_level():
     )
     _same((init_keys, train_keys), (base[:, 0], base[:, 1]))
 
-    state = learner.init(init_keys)
+    lowered_init = learner.init.lower(init_keys)
+    state = lowered_init.compile()(init_keys)  # run_once options (jit's own)
+    default_init = lowered_init.compile(compiler_options=DEFAULT)(init_keys)
+    # FMA contraction; Gram-Schmidt carries the rounding into the last columns (~8e-7).
+    _same(state.params, default_init.params, rtol=1e-5, atol=2e-6)
+    _same(state.env_state, default_init.env_state, rtol=1e-5, atol=1e-7)
+
     chunk = learner.make_train_chunk(3)
     fast = chunk.lower(state, train_keys).compile()  # training options (jit's own)
     default = chunk.lower(state, train_keys).compile(compiler_options=DEFAULT)

@@ -109,8 +109,10 @@ class OnDeviceLearner:
             self.policy, self.dist.noise, self.dist.sample_from_noise, self.dist.log_prob,
             self.env.action_dim,
         )
-        # XLA's default level: lower ones round the orthogonal init differently.
-        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.init = jax.jit(
+            self._init, out_shardings=self.state_shardings,
+            compiler_options=compile_options.run_once(mesh.devices.flat[0].platform),
+        )
         self.update = self.make_train_chunk(1)
 
     # ------------------------------------------------------------ to override
