@@ -179,13 +179,11 @@ def check_env_and_agent(agent: str, env_id: str) -> tuple[int, ...]:
 
 
 def _gymnax_spaces(env_id: str) -> tuple[str, tuple[int, ...]]:
-    import gymnax
-
     from jaxrl_dist.envs import gymnax_env
 
     gymnax_env.check_env_id(env_id)
     try:
-        env, params = gymnax.make(env_id)
+        env, params = gymnax_env.gymnax.make(env_id)
         action_space = type(env.action_space(params)).__name__
         obs_space = type(env.observation_space(params)).__name__
         obs_shape = tuple(env.observation_space(params).shape)

@@ -9,11 +9,14 @@ on device so that no per-step info has to leave the device.
 
 from typing import Any, NamedTuple
 
-import gymnax
 import jax
 import jax.numpy as jnp
 
 from jaxrl_dist import errors
+from jaxrl_dist.envs import deferred_import
+
+with deferred_import.deferred("matplotlib.pyplot", "seaborn"):
+    import gymnax  # its renderers' plotting imports cost ~2.4 s and training never renders
 
 
 class EpisodeStats(NamedTuple):
