@@ -17,9 +17,10 @@ runs (one per core, simultaneously, alternating cores) gave 103.2k vs 103.7k env
 steps/s (level 3 vs 2) and 12.7-16.3 s vs 10.2-12.1 s single-core compiles. The
 parameters agree up to float rounding (``tests/test_compile_options.py``): one seed
 of the default config stayed bit-identical for 40 updates, but with vmapped seeds
-some multiply-adds are contracted differently (~1e-9 after 6 updates). Most of that
-compile is LLVM optimising the unrolled threefry hashes of ``jax.random`` (about
-4.6 of 8.1 CPU-seconds, per XLA's ``ir_compiler`` timing log).
+some multiply-adds are contracted differently (~1e-9 after 6 updates). XLA's
+``ir_compiler`` timing log attributed about 4.6 of 8.1 LLVM CPU-seconds to the
+threefry hashes of ``jax.random``, yet ``JAX_DEFAULT_PRNG_IMPL=unsafe_rbg`` (no
+threefry) did not compile the run faster (2 paired runs, 2026-11-22).
 """
 
 from typing import Any

@@ -73,7 +73,8 @@ class HostLearner:
             lambda spec: NamedSharding(mesh, spec), self.state_specs,
             is_leaf=lambda x: isinstance(x, P),
         )
-        # XLA's default level: lower ones round the orthogonal init differently.
+        # XLA's default optimisation level: compile_options was measured on the on-device
+        # path only.
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
         # Only agent_state is donated (Ape-X's replay is updated in place): the
         # parameters stay valid for actors still copying a published version.

@@ -82,6 +82,7 @@ class OnDeviceLearner:
     ):
         self.config = config.validate(mesh.size)
         self.mesh = mesh
+        self.platform = mesh.devices.flat[0].platform  # picks compile_options
         self.num_seeds = num_seeds
         self.num_devices = mesh.size
         self.local_envs = config.num_envs // mesh.size
@@ -111,7 +112,7 @@ class OnDeviceLearner:
         )
         self.init = jax.jit(
             self._init, out_shardings=self.state_shardings,
-            compiler_options=compile_options.run_once(mesh.devices.flat[0].platform),
+            compiler_options=compile_options.run_once(self.platform),
         )
         self.update = self.make_train_chunk(1)
 
@@ -303,7 +304,7 @@ class OnDeviceLearner:
         )
         return jax.jit(
             sharded, donate_argnums=0,
-            compiler_options=compile_options.training(self.mesh.devices.flat[0].platform),
+            compiler_options=compile_options.training(self.platform),
         )
 
     def seed_keys(self, seed: int) -> tuple[jax.Array, jax.Array]:
@@ -317,5 +318,4 @@ class OnDeviceLearner:
             return keys[:, 0], keys[:, 1]
 
         # One small program instead of a dozen op-by-op compiles (~0.5 s on CPU).
-        platform = self.mesh.devices.flat[0].platform
-        return jax.jit(split, compiler_options=compile_options.run_once(platform))(seed)
+        return jax.jit(split, compiler_options=compile_options.run_once(self.platform))(seed)
