@@ -9,6 +9,11 @@ Host actors (--env=gymnasium:<id>): training steps/s is reported beside the raw
 rate of the same vector envs stepped with random actions by the same threads
 (no inference, no learning), and their ratio.
 
+Paired A/B against another checkout (both at once, one pinned core each, cores
+swapping every round; see compare.py):
+
+    python experiments/benchmark.py --compare_with=/tmp/base --compare_rounds=4
+
 Throughput across devices and processes, with scaling efficiency (see sweep.py):
 
     python experiments/benchmark.py --sweep --num_envs=256 --total_steps=2000000
@@ -32,6 +37,7 @@ from absl import app, flags, logging
 from jaxrl_dist import cli, errors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
 import sweep  # noqa: E402
 
 cli.define_agent_flags()
@@ -53,6 +59,7 @@ def main(argv):
         dist = cli.distributed_settings_from_flags()
         if FLAGS.sweep:
             sweep.check_flags()
+        other = compare.check_flags()
     except errors.ConfigError as e:
         cli.fail(str(e))
     from jaxrl_dist import distributed
@@ -66,6 +73,9 @@ def main(argv):
         cli.fail(str(e))
     if FLAGS.sweep:
         sweep.run_sweep(config)
+        return
+    if other is not None:
+        compare.run_compare(other)
         return
     import jax
 
