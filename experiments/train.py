@@ -35,7 +35,8 @@ flags.DEFINE_bool("overwrite", False, "Allow a --workdir that already holds a ru
 flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
 flags.DEFINE_integer(
     "checkpoint_every", None,
-    "Updates between whole-run checkpoints (default: about a tenth of the run).",
+    "Updates between whole-run checkpoints (default: about a tenth of the run, at least "
+    "5e5 env steps apart).",
 )
 flags.DEFINE_string(
     "wandb_project", None, "Also log metrics to this Weights & Biases project (needs wandb)."

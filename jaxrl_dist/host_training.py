@@ -338,7 +338,7 @@ def train_host(
         raise errors.ConfigError(
             f"--checkpoint_every must be >= 1 update, got {settings.checkpoint_every}"
         )
-    every = checkpoint_period(num_updates, 1, settings.checkpoint_every)
+    every = checkpoint_period(num_updates, 1, settings.checkpoint_every, config.steps_per_update)
 
     def is_checkpoint(updates: int) -> bool:  # also a log point and an actor snapshot
         return 0 < updates <= num_updates and (updates % every == 0 or updates == num_updates)

@@ -156,3 +156,17 @@ def test_a_nan_loss_stops_the_run_naming_the_update_and_keeps_the_last_good_chec
                              progress=lambda s: None)
     assert summary["resumed_from"] == 10
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(summary["params"]))
+
+
+def test_default_checkpoint_period_is_a_tenth_of_the_run_but_at_least_5e5_steps():
+    period = training.checkpoint_period
+    assert training.MIN_DEFAULT_CHECKPOINT_STEPS == 500_000
+    # The default PPO CartPole run: 976 updates of 512 steps in chunks of 16 -> final only.
+    assert period(976, 16, None, 512) > 976
+    # MinAtar's 1e7 steps of 64 x 128: a tenth (122 updates, 1e6 steps) rounded to chunks.
+    assert period(1220, 61, None, 64 * 128) == 122
+    # 1e8 steps: a tenth of the run.
+    assert period(12207, 1, None, 8192) == 1221
+    # Steps of 1024 per update, chunks of 4: the 5e5-step floor (489 updates -> 492).
+    assert period(2000, 4, None, 1024) == 492  # a tenth would be 200
+    assert period(5000, 4, 7, 1024) == 7  # an explicit --checkpoint_every wins
