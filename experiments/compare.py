@@ -48,7 +48,8 @@ def check_flags() -> str | None:
 
     Raises:
       ConfigError: it is not a jaxrl_dist checkout, this machine has fewer than 2
-        cores, ``--compare_rounds`` < 1, or ``--sweep``/``--repeats`` are combined with it.
+        cores, ``--compare_rounds`` < 1, or ``--sweep``, ``--repeats`` or the
+        multi-process flags are combined with it.
     """
     if FLAGS.compare_with is None:
         return None
@@ -63,6 +64,9 @@ def check_flags() -> str | None:
         raise errors.ConfigError(f"--compare_rounds must be >= 1, got {FLAGS.compare_rounds}")
     if FLAGS.sweep or FLAGS.repeats != 1:
         raise errors.ConfigError("--compare_with does not combine with --sweep or --repeats")
+    if FLAGS.num_processes != 1 or FLAGS.coordinator_address or FLAGS.cluster_detection:
+        raise errors.ConfigError("--compare_with runs one process per version, not a "
+                                 "multi-process run (--num_processes, --coordinator_address)")
     if len(os.sched_getaffinity(0)) < 2:
         raise errors.ConfigError("--compare_with pins each version to its own core: needs 2 cores")
     return other
@@ -114,11 +118,13 @@ def _round(other: str, args: list[str], this_core: int, other_core: int) -> dict
         # with a Python callback is unsafe then); the child is still starting its
         # interpreter, so every thread it makes inherits the core.
         os.sched_setaffinity(procs[name].pid, {core_ids[core]})
+    outputs = {name: proc.communicate() for name, proc in procs.items()}  # both finish
     results = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"the {name} benchmark failed ({proc.returncode}): {err[-2000:]}")
+    for name, (out, err) in outputs.items():
+        if procs[name].returncode != 0:
+            raise RuntimeError(
+                f"the {name} benchmark failed ({procs[name].returncode}): {err[-2000:]}"
+            )
         results[name] = json.loads(out.strip().splitlines()[-1])
     return results
 

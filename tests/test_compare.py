@@ -15,6 +15,8 @@ COMPARE_BAD_INPUTS = [
     (["--compare_with=.", "--compare_rounds=0"], "--compare_rounds must be >= 1, got 0"),
     (["--compare_with=.", "--repeats=2"],
      "--compare_with does not combine with --sweep or --repeats"),
+    (["--compare_with=.", "--num_processes=2", "--coordinator_address=localhost:1"],
+     "--compare_with runs one process per version, not a multi-process run"),
 ]
 # Two rounds of the tree against itself, tiny, compiled without XLA's optimizations.
 TINY = ["--num_envs=4", "--rollout_len=8", "--num_minibatches=2", "--num_epochs=1",
