@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 
+import sweep
 from absl import flags
 
 from jaxrl_dist import errors
@@ -111,13 +112,9 @@ def _round(other: str, args: list[str], this_core: int, other_core: int) -> dict
     for name, root, core in (("this", None, this_core), ("other", other, other_core)):
         script = os.path.join(root or THIS_ROOT, "experiments", "benchmark.py")
         procs[name] = subprocess.Popen(
-            [sys.executable, script, *args], env=_env(root), cwd=root or THIS_ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            sweep.pinned([sys.executable, script, *args], core_ids[core]), env=_env(root),
+            cwd=root or THIS_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        # Pinned from here (no preexec_fn: this process has jax's threads, and forking
-        # with a Python callback is unsafe then); the child is still starting its
-        # interpreter, so every thread it makes inherits the core.
-        os.sched_setaffinity(procs[name].pid, {core_ids[core]})
     outputs = {name: proc.communicate() for name, proc in procs.items()}  # both finish
     results = {}
     for name, (out, err) in outputs.items():

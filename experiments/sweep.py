@@ -92,6 +92,16 @@ def _child_args(num_envs: int, total_steps: int) -> list[str]:
     return args
 
 
+def pinned(argv: list[str], core: int) -> list[str]:
+    """``argv`` (``[executable, *args]``) to run pinned to CPU ``core``: a launcher pins
+    itself, then execs ``argv``, so every thread of the child starts on that core. (Not a
+    ``preexec_fn``: the caller runs jax's threads, and a Python callback between fork and
+    exec can then deadlock.)"""
+    code = (f"import os, sys; os.sched_setaffinity(0, {{{int(core)}}}); "
+            "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", code, *argv]
+
+
 def _run(
     args: list[str], num_processes: int, local_devices: int, pin: bool, connected: bool = True
 ) -> list[dict]:
@@ -110,10 +120,10 @@ def _run(
             f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
             f"--process_id={i}",
         ]
-        preexec = (lambda core=i: os.sched_setaffinity(0, {core})) if pin else None
+        argv = [sys.executable, SCRIPT, *args, *extra]
         procs.append(subprocess.Popen(
-            [sys.executable, SCRIPT, *args, *extra], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, preexec_fn=preexec,
+            pinned(argv, i) if pin else argv, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         ))
     outs = [p.communicate() for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):

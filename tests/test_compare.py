@@ -3,6 +3,8 @@ their bad inputs (what the measurement says about a change is for README/BUILD).
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -74,9 +76,14 @@ def test_compare_bad_inputs(args, message):
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a core to take away")
-def test_compare_on_one_core_is_an_error():
-    proc = mp.start(BENCHMARK, ["--compare_with=."],
-                    preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+def test_compare_on_one_core_is_an_error(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(mp.ROOT, "experiments"))
+    import sweep
+
+    argv = sweep.pinned([sys.executable, BENCHMARK, "--compare_with=."],
+                        min(os.sched_getaffinity(0)))
+    proc = subprocess.Popen(argv, env=mp.child_env(1), cwd=mp.ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip() == "error: --compare_with pins each version to its own core: needs 2 cores"
