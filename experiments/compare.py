@@ -73,17 +73,6 @@ def check_flags() -> str | None:
     return other
 
 
-def child_args() -> list[str]:
-    """This invocation's flags as given, less the comparison's own."""
-    args = []
-    for name in flags.FLAGS:
-        if FLAGS[name].present and name not in COMPARE_OWN and FLAGS[name].value is not None:
-            value = FLAGS[name].value
-            value = ",".join(value) if isinstance(value, list) else value
-            args.append(f"--{name}={value}")
-    return args
-
-
 def _env(root: str | None) -> dict[str, str]:
     env = dict(os.environ)
     if root is not None:
@@ -157,7 +146,7 @@ def summarize(rounds: list[dict]) -> dict:
 def run_compare(other: str) -> dict:
     """Runs ``--compare_rounds`` paired rounds against ``other``; prints and returns the summary."""
     _check_imports(other)
-    args = child_args()
+    args = sweep.given_flags(COMPARE_OWN)
     rounds = []
     for i in range(FLAGS.compare_rounds):
         this_core, other_core = (0, 1) if i % 2 == 0 else (1, 0)

@@ -82,14 +82,19 @@ def check_flags() -> tuple[list[int], list[int]]:
     return devices, processes
 
 
-def _child_args(num_envs: int, total_steps: int) -> list[str]:
-    args = [f"--num_envs={num_envs}", f"--total_steps={total_steps}"]
+def given_flags(exclude: tuple[str, ...]) -> list[str]:
+    """This invocation's flags as the user gave them (``--name=value``), less ``exclude``."""
+    args = []
     for name in flags.FLAGS:
-        if FLAGS[name].present and name not in SWEEP_OWN and FLAGS[name].value is not None:
+        if FLAGS[name].present and name not in exclude and FLAGS[name].value is not None:
             value = FLAGS[name].value
             value = ",".join(value) if isinstance(value, list) else value
             args.append(f"--{name}={value}")
     return args
+
+
+def _child_args(num_envs: int, total_steps: int) -> list[str]:
+    return [f"--num_envs={num_envs}", f"--total_steps={total_steps}", *given_flags(SWEEP_OWN)]
 
 
 def pinned(argv: list[str], core: int) -> list[str]:
