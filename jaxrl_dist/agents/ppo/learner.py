@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import flatten_util
 
-from jaxrl_dist import losses, parallel
+from jaxrl_dist import losses, parallel, shuffle
 from jaxrl_dist.agents import on_device
 from jaxrl_dist.agents.ppo import config as config_lib
 
@@ -118,7 +118,7 @@ class Learner(on_device.OnDeviceLearner):
         """``[T, B_local]`` int32: each env's time steps shuffled (keyed by its global id,
         so that the shuffle does not depend on the device layout)."""
         env_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, env_ids)
-        return jax.vmap(lambda k: jax.random.permutation(k, self.config.rollout_len))(
+        return jax.vmap(lambda k: shuffle.permutation(k, self.config.rollout_len))(
             env_keys
         ).T
 
