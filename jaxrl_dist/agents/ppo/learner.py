@@ -114,13 +114,16 @@ class Learner(on_device.OnDeviceLearner):
         # Local metrics; averaged over devices once per update (in ``learn``).
         return (flat_params, opt_state, kl_beta), metrics
 
-    def _permutation(self, key: jax.Array, env_ids: jax.Array) -> jax.Array:
-        """``[T, B_local]`` int32: each env's time steps shuffled (keyed by its global id,
-        so that the shuffle does not depend on the device layout)."""
-        env_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, env_ids)
-        return jax.vmap(lambda k: shuffle.permutation(k, self.config.rollout_len))(
-            env_keys
-        ).T
+    def _permutations(self, key: jax.Array, env_ids: jax.Array) -> jax.Array:
+        """``[E, T, B_local]`` int32: for each epoch, each env's time steps shuffled (keyed
+        by its global id, so that the shuffle does not depend on the device layout)."""
+        cfg = self.config
+        epoch_keys = jax.random.split(key, cfg.num_epochs)
+        env_keys = jax.vmap(
+            lambda k: jax.vmap(jax.random.fold_in, (None, 0))(k, env_ids)
+        )(epoch_keys)  # [E, B_local]
+        perms = shuffle.permutations(env_keys.reshape(-1), cfg.rollout_len)
+        return jnp.swapaxes(perms.reshape(env_keys.shape + (cfg.rollout_len,)), 1, 2)
 
     def _minibatches(self, batch, perm: jax.Array):
         """Shuffles time per env by ``perm`` and cuts ``[T, B_local]`` into
@@ -154,9 +157,7 @@ class Learner(on_device.OnDeviceLearner):
             values, advantages, targets,
         )
 
-        perms = jax.vmap(self._permutation, (0, None))(
-            jax.random.split(key, cfg.num_epochs), env_ids
-        )  # [E, T, B_local]
+        perms = self._permutations(key, env_ids)  # [E, T, B_local]
         moments = None
         if cfg.normalize_advantages:
             # Every minibatch's global advantage statistics in ONE all-reduce per update
