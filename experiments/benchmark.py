@@ -60,6 +60,8 @@ def main(argv):
         if FLAGS.sweep:
             sweep.check_flags()
         other = compare.check_flags()
+        # Before anything creates the JAX backend, which fixes its thread pool.
+        cli.configure_cpu_threads(dist.multi_process)
     except errors.ConfigError as e:
         cli.fail(str(e))
     from jaxrl_dist import distributed
@@ -130,6 +132,7 @@ def main(argv):
         ("training (s)", f"{result['train_s']}"),
         ("compile + training (s)", f"{result['run_total_s']}"),
         ("devices", f"{result['num_devices']} x {result['backend']}"),
+        ("CPU intra-op threads", f"{result['cpu_threads'] or 'XLA default'}"),
         ("peak RSS (MB)", f"{result['peak_rss_mb']}"),
     ]
     print_table(rows, result)
@@ -138,12 +141,16 @@ def main(argv):
 def machine_fields() -> dict:
     import jax
 
+    from jaxrl_dist import cpu_threads
+
     return {
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "jax_version": jax.__version__,
+        # XLA's CPU intra-op pool (PJRT_NPROC; None: XLA's default, one per core).
+        "cpu_threads": cpu_threads.configured(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

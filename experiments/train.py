@@ -90,6 +90,8 @@ def main(argv):
             raise errors.ConfigError(
                 "--resume needs the run's --workdir and cannot be combined with --overwrite"
             )
+        # Before anything creates the JAX backend, which fixes its thread pool.
+        cli.configure_cpu_threads(dist.multi_process)
     except errors.ConfigError as e:
         cli.fail(str(e))
 

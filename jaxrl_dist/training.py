@@ -23,7 +23,16 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxrl_dist import agents, checkpoint, distributed, errors, evaluation, parallel, writers
+from jaxrl_dist import (
+    agents,
+    checkpoint,
+    cpu_threads,
+    distributed,
+    errors,
+    evaluation,
+    parallel,
+    writers,
+)
 from jaxrl_dist.agents import common, on_device
 
 
@@ -225,7 +234,7 @@ def train(
         writers.write_config(
             workdir, config, agent=config.agent, **dataclasses.asdict(settings),
             num_devices_used=mesh.size, num_processes=distributed.process_count(),
-            backend=jax.default_backend(),
+            backend=jax.default_backend(), cpu_threads=cpu_threads.configured(),
         )
 
     if state is None:

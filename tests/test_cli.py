@@ -76,6 +76,7 @@ BAD_INPUTS = [
     (["--num_devices=9"], "--num_devices must be in 1..4"),
     (["--objective=trpo"], "--objective must be one of clip, kl"),
     (["--eval_episodes=0"], "--eval_episodes must be > 0"),
+    (["--cpu_threads=0"], "--cpu_threads must be > 0"),
     (["--num_envs=four"], "flag --num_envs=four"),
     (["--no_such_flag=1"], "no_such_flag"),
     (["extra"], "unexpected arguments"),
