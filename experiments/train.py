@@ -184,6 +184,26 @@ def main(argv):
     if primary:
         print(f"wrote metrics.jsonl, config.json, checkpoints/, checkpoint/, "
               f"learning_curve.png to {workdir}")
+    if distributed.process_count() == 1:
+        exit_without_finalizing(0)
+
+
+def exit_without_finalizing(code: int) -> None:
+    """Ends a finished single-process run: atexit handlers, flushes, then ``os._exit``.
+
+    Everything is written and closed by now; what this skips is the interpreter's
+    finalization (freeing the modules and objects of jax, flax and orbax), which took
+    ~0.6 s after the atexit handlers (0.04 s) of a default run on the 2-core CPU VM
+    (2026-12-02, timestamps around a ``runpy`` of this script).
+    """
+    import atexit
+    import logging as std_logging
+
+    atexit._run_exitfuncs()
+    std_logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
