@@ -146,6 +146,11 @@ def distributed_settings_from_flags():
     ).validate()
 
 
+def config_overrides() -> dict:
+    """The config fields set by flags (``CONFIG_FLAGS`` that are not ``None``)."""
+    return {name: FLAGS[name].value for name in CONFIG_FLAGS if FLAGS[name].value is not None}
+
+
 def configure_cpu_threads(multi_process: bool = False) -> int | None:
     """Sizes XLA's CPU intra-op pool from ``--cpu_threads`` or the run's config.
 
@@ -165,11 +170,8 @@ def configure_cpu_threads(multi_process: bool = False) -> int | None:
     check_positive(cpu_threads=FLAGS.cpu_threads)
     config = None
     if not multi_process and not gymnasium_env.is_gymnasium(FLAGS.env):
-        overrides = {
-            name: FLAGS[name].value for name in CONFIG_FLAGS if FLAGS[name].value is not None
-        }
         try:
-            config = agents.default_config(FLAGS.agent, FLAGS.env, **overrides)
+            config = agents.default_config(FLAGS.agent, FLAGS.env, **config_overrides())
         except (errors.ConfigError, KeyError, TypeError, ValueError):
             config = None
     try:
@@ -317,7 +319,7 @@ def config_from_flags():
                 raise errors.ConfigError(
                     f"--{name} applies only to host actors (--env=gymnasium:<id>)"
                 )
-    overrides = {name: FLAGS[name].value for name in CONFIG_FLAGS if FLAGS[name].value is not None}
+    overrides = config_overrides()
     fields = {f.name for f in dataclasses.fields(agents.default_config(FLAGS.agent, FLAGS.env))}
     for name in overrides:
         if name not in fields:

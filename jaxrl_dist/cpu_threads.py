@@ -78,8 +78,9 @@ def user_setting() -> str | None:
 
 def configured() -> int | None:
     """The pool size this process's environment asks XLA for (``None``: XLA's default)."""
+    value = user_setting()
     try:
-        return int(user_setting()) if user_setting() is not None else None
+        return None if value is None else int(value)
     except ValueError:
         return None
 
