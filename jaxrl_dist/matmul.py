@@ -19,7 +19,10 @@ import jax.numpy as jnp
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """``x @ w``: ``x`` ``[..., K]`` and ``w`` ``[K, J]``, float32 (or any one float
     dtype), giving ``[..., J]`` of that dtype. Differentiable in both arguments
-    (the backward pass above); not a paper's equation, a layout of the standard one.
+    (the backward pass above), also inside ``shard_map`` where one operand is
+    replicated and the other varies across devices (the replicated one's cotangent
+    is summed over the devices, as autodiff of ``jnp.matmul`` does); not a paper's
+    equation, a layout of the standard one.
 
     Raises:
       TypeError / ValueError (from ``jnp.matmul``): ``K`` differs or ``w`` is not 2-D.
@@ -31,13 +34,30 @@ def _fwd(x, w):
     return jnp.matmul(x, w), (x, w)
 
 
+def _varying_axes(x: jax.Array) -> frozenset:
+    """Mesh axes along which ``x`` varies inside ``shard_map`` (empty outside it)."""
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)  # jax < 0.10
+    if vma is None:
+        vma = aval.manual_axis_type.varying
+    return frozenset(vma)
+
+
+def _cotangent_like(ct: jax.Array, primal: jax.Array) -> jax.Array:
+    """``ct`` with ``primal``'s device variance: inside ``shard_map`` an invariant
+    (replicated) input that meets a varying one is implicitly cast to varying, and
+    that cast's transpose is a ``psum`` over the axes it added."""
+    extra = _varying_axes(ct) - _varying_axes(primal)
+    return jax.lax.psum(ct, tuple(sorted(extra))) if extra else ct
+
+
 def _bwd(residuals, dy):
     x, w = residuals
     k, j = w.shape
     x_t = jax.lax.optimization_barrier(x.reshape(-1, k).T)  # [K, N], row-major
     dw = jnp.matmul(x_t, dy.reshape(-1, j)).astype(w.dtype)
     dx = jnp.matmul(dy, w.T).astype(x.dtype)
-    return dx, dw
+    return _cotangent_like(dx, x), _cotangent_like(dw, w)
 
 
 matmul.defvjp(_fwd, _bwd)

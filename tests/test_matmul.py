@@ -54,3 +54,36 @@ def test_dense_uses_it_and_other_contractions_fall_back():
     np.testing.assert_allclose(
         matmul.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims)
     )
+
+
+@pytest.mark.parametrize("x_varying", [False, True])
+@pytest.mark.parametrize("w_varying", [False, True])
+def test_gradients_inside_shard_map_match_autodiff(x_varying, w_varying):
+    # Inside shard_map an operand may be device-invariant (replicated) while the other
+    # varies; a custom VJP must return cotangents of its inputs' types (the transpose
+    # of the implicit invariant -> varying cast is a psum over the devices).
+    from jax.sharding import PartitionSpec as P
+
+    from jaxrl_dist import parallel
+
+    mesh = parallel.make_mesh(4)
+    x = jax.random.normal(jax.random.key(3), (4, 8, 5))  # [devices, N, K]
+    w = jax.random.normal(jax.random.key(4), (5, 3))
+
+    def grads(fn):
+        def local(x, w):
+            x = x[0]
+            if x_varying:
+                x = x * (1.0 + parallel.axis_index())
+            if w_varying:
+                w = w * (1.0 + parallel.axis_index())
+            gx, gw = jax.grad(lambda x, w: jnp.sum(jnp.tanh(fn(x, w))), argnums=(0, 1))(x, w)
+            return parallel.psum(gx)[None], parallel.psum(gw)
+
+        return jax.jit(parallel.shard_map(
+            local, mesh, in_specs=(P(parallel.DATA_AXIS) if x_varying else P(), P()),
+            out_specs=(P(parallel.DATA_AXIS) if x_varying else P(), P()),
+        ))(x if x_varying else x[:1], w)
+
+    for a, b in zip(grads(matmul.matmul), grads(jnp.matmul), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
