@@ -5,23 +5,32 @@ independent kernels and split large ones) when it is created, from the
 environment variable ``PJRT_NPROC`` (then ``NPROC``), else one thread per core.
 Compiling is done by other threads and is not limited by it.
 
-PPO's SGD steps on minibatches of a few hundred samples are chains of kernels of a
-few µs, where handing work to a second pool thread costs more than it gains, while
-large batches need every core. Measured 2026-12-02 on this project's 2-core Zen 4
-CPU VM (``experiments/benchmark.py``, PPO CartPole-v1, 5e5 steps, alternating runs):
+Gradient steps on batches of a few hundred samples are chains of kernels of a few
+µs, where handing work to a second pool thread costs more than it gains, while large
+batches need every core. Measured on this project's 2-core Zen 4 CPU VM
+(``experiments/benchmark.py``, CartPole-v1, alternating one and two threads):
 
-* 4 × 128, 4 × 4 minibatches of 128 (PureJaxRL's default): one pool thread 169.9k /
-  159.0k / 171.9k env steps/s against 148.5k / 144.4k / 132.1k with two, compile
-  unchanged (3.6-3.8 s against 3.5-4.1 s), the same parameters (SHA-256) at 5e4 steps;
-* minibatches of 256 (8 × 128, 16 × 64, 64 × 16; steady-state ms per update, two
-  alternations each): one thread equal or up to ~10 % faster;
-* 32 × 64 (the default, minibatches of 512): within noise either way;
-* 2048 × 16 (minibatches of 8192): one thread ~40 % slower (157-189 against
-  100-110 ms per update), and its parameters differ (large dots split their sums
-  across threads).
+* PPO, 2026-12-02 (5e5 steps): 4 × 128, 4 × 4 minibatches of 128 (PureJaxRL's
+  default): one pool thread 169.9k / 159.0k / 171.9k env steps/s against 148.5k /
+  144.4k / 132.1k with two, compile unchanged (3.6-3.8 s against 3.5-4.1 s), the same
+  parameters (SHA-256) at 5e4 steps; minibatches of 256 (8 × 128, 16 × 64, 64 × 16;
+  steady-state ms per update, two alternations each): one thread equal or up to ~10 %
+  faster; 32 × 64 (the default, minibatches of 512): within noise either way;
+  2048 × 16 (minibatches of 8192): one thread ~40 % slower (157-189 against 100-110 ms
+  per update), and its parameters differ (large dots split their sums across threads).
+* IMPALA, A2C and Ape-X, 2026-12-02 (their defaults, three rounds): IMPALA 16 × 20
+  (one gradient step on 320 samples per update) 404.5k / 461.8k / 415.7k against
+  292.4k / 317.6k / 327.9k; A2C 16 × 5 (80 samples) 364.5k / 349.4k / 409.6k against
+  246.7k / 246.7k / 243.2k; Ape-X 16 × 8 with batches of 256 49.9k / 46.7k / 49.0k
+  against 34.2k / 26.5k / 31.4k. Larger: A2C 64 × 5 (320 samples, 64 envs) 462.2k
+  against 367.3k and Ape-X with 64 envs and batches of 512 97.4k against 77.1k (one
+  thread faster), but IMPALA 64 × 20 (1,280 samples) 410.5k against 445.3k, A2C
+  256 × 5 (1,280) 497.5k against 514.0k, A2C 1024 × 5 387.7k against 466.8k and Ape-X
+  with batches of 1,024 14.0k against 16.3k (two threads faster).
 
-So ``auto_threads`` picks one thread only inside the measured winning region and
-leaves everything else to XLA's default.
+So ``auto_threads`` picks one thread only inside the region where every agent measured
+won (at most 320 samples per gradient step and 64 envs) and leaves everything else to
+XLA's default.
 """
 
 import importlib.util
@@ -30,38 +39,55 @@ import os
 # XLA reads the first of these that is set (xla/pjrt/utils.cc, DefaultThreadPoolSize).
 ENV_VARS = ("PJRT_NPROC", "NPROC")
 
-# The region where one pool thread was measured to be at least as fast (see above).
-MAX_SINGLE_THREAD_MINIBATCH = 256  # samples per SGD step, over all vmapped seeds
+# The region where one pool thread was measured to be faster for every agent (see above).
+MAX_SINGLE_THREAD_BATCH = 320  # samples per gradient step, over all vmapped seeds
 MAX_SINGLE_THREAD_ENVS = 64  # envs stepped per rollout step, over all vmapped seeds
 MAX_SINGLE_THREAD_WIDTH = 64  # widest hidden layer
+AGENTS = ("ppo", "impala", "a2c", "apex")
+
+
+def samples_per_gradient_step(config) -> int:
+    """Samples in one gradient step of ``config``'s learner (for one seed).
+
+    PPO and IMPALA: a minibatch, ``num_envs · rollout_len / num_minibatches``; A2C: the
+    whole rollout; Ape-X: ``batch_size`` transitions from the replay.
+    """
+    if config.agent == "apex":
+        return config.batch_size
+    num_minibatches = getattr(config, "num_minibatches", 1)
+    if num_minibatches <= 0:
+        return 0  # invalid; the config's own validation reports it
+    return config.num_envs * config.rollout_len // num_minibatches
 
 
 def auto_threads(config, num_seeds: int = 1, num_devices: int | None = None) -> int | None:
     """The intra-op pool size to use for ``config`` on one CPU device, or ``None``.
 
     Args:
-      config: an on-device agent config, or ``None`` (``PPOConfig`` gets a
-        choice; other agents were not measured and get ``None``).
+      config: an on-device agent config (PPO, IMPALA, A2C or Ape-X), or ``None``.
       num_seeds: seeds vmapped in the program (they widen every kernel).
       num_devices: ``--num_devices``; anything but ``None`` or 1 gets ``None``
         (several devices share the pool).
 
     Returns:
-      1 for PPO with an MLP torso no wider than ``MAX_SINGLE_THREAD_WIDTH``, at most
-      ``MAX_SINGLE_THREAD_MINIBATCH`` samples per minibatch and
-      ``MAX_SINGLE_THREAD_ENVS`` envs (both times ``num_seeds``); else ``None``
-      (XLA's default, one thread per core).
+      1 for an agent of ``AGENTS`` with an MLP torso no wider than
+      ``MAX_SINGLE_THREAD_WIDTH``, at most ``MAX_SINGLE_THREAD_BATCH`` samples per
+      gradient step and ``MAX_SINGLE_THREAD_ENVS`` envs (both times ``num_seeds``);
+      else ``None`` (XLA's default, one thread per core).
     """
-    if getattr(config, "agent", None) != "ppo" or num_devices not in (None, 1):
+    if getattr(config, "agent", None) not in AGENTS or num_devices not in (None, 1):
         return None
     if getattr(config, "torso", "mlp") != "mlp":
         return None
     if max(getattr(config, "hidden_sizes", (0,)), default=0) > MAX_SINGLE_THREAD_WIDTH:
         return None
-    if config.num_minibatches <= 0 or config.num_envs <= 0 or config.rollout_len <= 0:
+    try:
+        batch = samples_per_gradient_step(config)
+    except (AttributeError, TypeError):
+        return None
+    if batch <= 0 or config.num_envs <= 0 or config.rollout_len <= 0:
         return None  # invalid; the config's own validation reports it
-    minibatch = config.num_envs * config.rollout_len // config.num_minibatches * num_seeds
-    if minibatch > MAX_SINGLE_THREAD_MINIBATCH:
+    if batch * num_seeds > MAX_SINGLE_THREAD_BATCH:
         return None
     if config.num_envs * num_seeds > MAX_SINGLE_THREAD_ENVS:
         return None

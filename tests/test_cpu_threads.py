@@ -1,5 +1,5 @@
 """cpu_threads: the rule for XLA's CPU pool size, its application, and that it does not
-change what a small PPO run computes."""
+change what a small run computes."""
 
 import json
 import subprocess
@@ -20,8 +20,8 @@ def ppo(**overrides):
 @pytest.mark.parametrize("overrides, num_seeds, num_devices, expected", [
     (SMALL, 1, None, 1),  # minibatches of 128
     (SMALL, 1, 1, 1),
-    (dict(num_envs=8, rollout_len=128), 1, None, 1),  # 256: the edge, inside
-    (dict(num_envs=16, rollout_len=64), 2, None, None),  # 256 x 2 seeds
+    (dict(num_envs=8, rollout_len=128), 1, None, 1),  # 256
+    (dict(num_envs=16, rollout_len=64), 2, None, None),  # 256 x 2 seeds > 320
     ({}, 1, None, None),  # the default 32 x 64: minibatches of 512
     (dict(num_envs=2048, rollout_len=16), 1, None, None),
     (dict(num_envs=128, rollout_len=2, num_minibatches=1), 1, None, None),  # 128 envs
@@ -34,10 +34,28 @@ def test_auto_threads_picks_one_only_in_the_measured_region(
     assert cpu_threads.auto_threads(ppo(**overrides), num_seeds, num_devices) == expected
 
 
-def test_auto_threads_leaves_unmeasured_agents_and_torsos_alone():
-    a2c = agents.default_config("a2c", "CartPole-v1", num_envs=4, rollout_len=16)
-    assert cpu_threads.auto_threads(a2c) is None
+@pytest.mark.parametrize("agent, overrides, num_seeds, expected", [
+    ("impala", {}, 1, 1),  # 16 x 20: one gradient step on 320 samples
+    ("impala", dict(num_envs=64), 1, None),  # 1,280 samples
+    ("impala", dict(num_envs=64, num_minibatches=4), 1, 1),  # 4 steps of 320, 64 envs
+    ("a2c", {}, 1, 1),  # 16 x 5: 80 samples
+    ("a2c", {}, 4, 1),  # 320 over 4 seeds: the edge, inside
+    ("a2c", {}, 5, None),
+    ("a2c", dict(num_envs=64), 1, 1),  # 320 samples, 64 envs
+    ("a2c", dict(num_envs=256), 1, None),
+    ("apex", {}, 1, 1),  # batches of 256
+    ("apex", dict(batch_size=512), 1, None),
+    ("apex", dict(num_envs=128), 1, None),
+])
+def test_auto_threads_for_the_other_agents(agent, overrides, num_seeds, expected):
+    config = agents.default_config(agent, "CartPole-v1", **overrides)
+    assert cpu_threads.auto_threads(config, num_seeds) == expected
+
+
+def test_auto_threads_leaves_wide_or_convolutional_networks_alone():
     assert cpu_threads.auto_threads(ppo(**SMALL, torso="cnn")) is None
+    assert cpu_threads.auto_threads(agents.default_config("apex", "Breakout-MinAtar")) is None
+    assert cpu_threads.auto_threads(agents.default_config("a2c", "Breakout-MinAtar")) is None
     assert cpu_threads.auto_threads(None) is None
 
 
@@ -118,28 +136,38 @@ def test_set_threads_sizes_the_pool_xla_creates():
     assert pool("default") == len(os.sched_getaffinity(0))
 
 
+# Short runs whose automatic pool is one thread: PureJaxRL's PPO config and IMPALA's
+# CartPole default (one gradient step on 320 samples per update).
+SMALL_RUNS = {
+    "ppo": ["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4", "--total_steps=8192"],
+    "impala": ["--agent=impala", "--total_steps=6400"],
+}
+
+
 def background_runs(items, tmp_path_factory):
-    """Two short PPO runs at PureJaxRL's config: the automatic single thread, and two."""
+    """Each small run twice: with the automatic single thread, and with two."""
     if not any(item.originalname == "test_one_thread_trains_the_same_parameters"
                for item in items):
         return []
     jobs = []
-    for name, extra in (("auto", []), ("two", ["--cpu_threads=2"])):
-        workdir = tmp_path_factory.mktemp(f"threads_{name}")
-        jobs.append(script_job(
-            ("cpu_threads", name), TRAIN, f"--workdir={workdir}", "--num_envs=4",
-            "--rollout_len=128", "--lr=2.5e-4", "--total_steps=8192", "--eval_episodes=2",
-            "--compilation_cache=", *extra, workdir=workdir, fast=True,
-        ))
+    for agent, args in SMALL_RUNS.items():
+        for name, extra in (("auto", []), ("two", ["--cpu_threads=2"])):
+            workdir = tmp_path_factory.mktemp(f"threads_{agent}_{name}")
+            jobs.append(script_job(
+                ("cpu_threads", agent, name), TRAIN, f"--workdir={workdir}", *args,
+                "--eval_episodes=2", "--compilation_cache=", *extra, workdir=workdir,
+                fast=True,
+            ))
     return jobs
 
 
-def test_one_thread_trains_the_same_parameters(background):
+@pytest.mark.parametrize("agent", sorted(SMALL_RUNS))
+def test_one_thread_trains_the_same_parameters(background, agent):
     records = {}
     for name in ("auto", "two"):
-        result = background.result(("cpu_threads", name))
+        result = background.result(("cpu_threads", agent, name))
         assert result.returncode == 0, result.stderr
-        workdir = background.job(("cpu_threads", name))["workdir"]
+        workdir = background.job(("cpu_threads", agent, name))["workdir"]
         config = json.loads((workdir / "config.json").read_text())
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
         records[name] = (config["cpu_threads"], json.loads(lines[-1])["params_sha256"])
