@@ -21,7 +21,7 @@ batches need every core. Measured on this project's 2-core Zen 4 CPU VM
 * IMPALA, A2C and Ape-X, 2026-12-02 (their defaults, three rounds): IMPALA 16 × 20
   (one gradient step on 320 samples per update) 404.5k / 461.8k / 415.7k against
   292.4k / 317.6k / 327.9k; A2C 16 × 5 (80 samples) 364.5k / 349.4k / 409.6k against
-  246.7k / 246.7k / 243.2k; Ape-X 16 × 8 with batches of 256 49.9k / 46.7k / 49.0k
+  246.7k / 246.7k / 243.2k; Ape-X 16 × 8 with batches of 256 46.7k / 49.9k / 49.0k
   against 34.2k / 26.5k / 31.4k. Larger: A2C 64 × 5 (320 samples, 64 envs) 462.2k
   against 367.3k and Ape-X with 64 envs and batches of 512 97.4k against 77.1k (one
   thread faster), but IMPALA 64 × 20 (1,280 samples) 410.5k against 445.3k, A2C

@@ -39,7 +39,8 @@ def _varying_axes(x: jax.Array) -> frozenset:
     aval = jax.typeof(x)
     vma = getattr(aval, "vma", None)  # jax < 0.10
     if vma is None:
-        vma = aval.manual_axis_type.varying
+        manual = getattr(aval, "manual_axis_type", None)
+        vma = manual.varying if manual is not None else ()
     return frozenset(vma)
 
 
