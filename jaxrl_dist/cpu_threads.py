@@ -81,10 +81,7 @@ def auto_threads(config, num_seeds: int = 1, num_devices: int | None = None) -> 
         return None
     if max(getattr(config, "hidden_sizes", (0,)), default=0) > MAX_SINGLE_THREAD_WIDTH:
         return None
-    try:
-        batch = samples_per_gradient_step(config)
-    except (AttributeError, TypeError):
-        return None
+    batch = samples_per_gradient_step(config)
     if batch <= 0 or config.num_envs <= 0 or config.rollout_len <= 0:
         return None  # invalid; the config's own validation reports it
     if batch * num_seeds > MAX_SINGLE_THREAD_BATCH:
