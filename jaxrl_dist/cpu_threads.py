@@ -7,8 +7,9 @@ Compiling is done by other threads and is not limited by it.
 
 Gradient steps on batches of a few hundred samples are chains of kernels of a few
 µs, where handing work to a second pool thread costs more than it gains, while large
-batches need every core. Measured on this project's 2-core Zen 4 CPU VM
-(``experiments/benchmark.py``, CartPole-v1, alternating one and two threads):
+batches need every core. Measured on this project's 2-core CPU VM
+(``experiments/benchmark.py``, CartPole-v1, alternating one and two threads), first on
+its Zen 4 CPU:
 
 * PPO, 2026-12-02 (5e5 steps): 4 × 128, 4 × 4 minibatches of 128 (PureJaxRL's
   default): one pool thread 169.9k / 159.0k / 171.9k env steps/s against 148.5k /
@@ -28,9 +29,17 @@ batches need every core. Measured on this project's 2-core Zen 4 CPU VM
   256 × 5 (1,280) 497.5k against 514.0k, A2C 1024 × 5 387.7k against 466.8k and Ape-X
   with batches of 1,024 14.0k against 16.3k (two threads faster).
 
+* On the VM's Zen 5 CPU (2026-12-02, afternoon; AMD EPYC family 26), at 512 samples
+  per gradient step (two rounds each unless stated): PPO 32 × 64 (the default) 264.9k / 308.1k /
+  310.0k against 248.1k / 285.0k / 286.9k (three rounds; the same ``params_sha256``
+  after the default 5e5-step run), PPO 64 × 32 317.1k / 289.1k against 295.7k /
+  205.4k, IMPALA 16 × 32 687.4k / 741.5k against 509.2k / 356.8k, Ape-X with batches
+  of 512 43.6k / 42.7k against 35.4k / 27.2k; and PPO at PureJaxRL's 4 × 128 (128
+  samples) 190.8k / 223.8k / 211.2k against 157.2k / 158.4k / 180.1k.
+
 So ``auto_threads`` picks one thread only inside the region where every agent measured
-won (at most 320 samples per gradient step and 64 envs) and leaves everything else to
-XLA's default.
+won or tied (at most 512 samples per gradient step and 64 envs) and leaves everything
+else to XLA's default.
 """
 
 import importlib.util
@@ -40,7 +49,7 @@ import os
 ENV_VARS = ("PJRT_NPROC", "NPROC")
 
 # The region where one pool thread was measured to be faster for every agent (see above).
-MAX_SINGLE_THREAD_BATCH = 320  # samples per gradient step, over all vmapped seeds
+MAX_SINGLE_THREAD_BATCH = 512  # samples per gradient step, over all vmapped seeds
 MAX_SINGLE_THREAD_ENVS = 64  # envs stepped per rollout step, over all vmapped seeds
 MAX_SINGLE_THREAD_WIDTH = 64  # widest hidden layer
 AGENTS = ("ppo", "impala", "a2c", "apex")

@@ -21,8 +21,11 @@ def ppo(**overrides):
     (SMALL, 1, None, 1),  # minibatches of 128
     (SMALL, 1, 1, 1),
     (dict(num_envs=8, rollout_len=128), 1, None, 1),  # 256
-    (dict(num_envs=16, rollout_len=64), 2, None, None),  # 256 x 2 seeds > 320
-    ({}, 1, None, None),  # the default 32 x 64: minibatches of 512
+    (dict(num_envs=16, rollout_len=64), 2, None, 1),  # 256 x 2 seeds: the edge, inside
+    (dict(num_envs=16, rollout_len=64), 3, None, None),  # 256 x 3 seeds > 512
+    ({}, 1, None, 1),  # the default 32 x 64: minibatches of 512
+    ({}, 3, None, None),  # the default over 3 seeds: 1,536
+    (dict(num_envs=64, rollout_len=64), 1, None, None),  # minibatches of 1,024
     (dict(num_envs=2048, rollout_len=16), 1, None, None),
     (dict(num_envs=128, rollout_len=2, num_minibatches=1), 1, None, None),  # 128 envs
     (SMALL, 1, 2, None),  # devices share the pool
@@ -39,12 +42,15 @@ def test_auto_threads_picks_one_only_in_the_measured_region(
     ("impala", dict(num_envs=64), 1, None),  # 1,280 samples
     ("impala", dict(num_envs=64, num_minibatches=4), 1, 1),  # 4 steps of 320, 64 envs
     ("a2c", {}, 1, 1),  # 16 x 5: 80 samples
-    ("a2c", {}, 4, 1),  # 320 over 4 seeds: the edge, inside
-    ("a2c", {}, 5, None),
+    ("a2c", {}, 4, 1),  # 320 samples, 64 envs over 4 seeds
+    ("a2c", {}, 5, None),  # 80 envs over 5 seeds
+    ("a2c", dict(rollout_len=32), 1, 1),  # 512 samples: the edge, inside
+    ("a2c", dict(rollout_len=33), 1, None),  # 528
     ("a2c", dict(num_envs=64), 1, 1),  # 320 samples, 64 envs
     ("a2c", dict(num_envs=256), 1, None),
     ("apex", {}, 1, 1),  # batches of 256
-    ("apex", dict(batch_size=512), 1, None),
+    ("apex", dict(batch_size=512), 1, 1),  # the edge, inside
+    ("apex", dict(batch_size=1024), 1, None),
     ("apex", dict(num_envs=128), 1, None),
 ])
 def test_auto_threads_for_the_other_agents(agent, overrides, num_seeds, expected):
@@ -71,7 +77,7 @@ def clean_env(monkeypatch):
 def test_choose_flag_then_environment_then_rule(clean_env):
     import os
 
-    assert cpu_threads.choose(None, ppo(), 1) is None
+    assert cpu_threads.choose(None, ppo(num_envs=64, rollout_len=64), 1) is None  # 1,024
     assert "PJRT_NPROC" not in os.environ
     assert cpu_threads.choose(None, ppo(**SMALL), 1) == 1
     assert os.environ["PJRT_NPROC"] == "1"
@@ -136,10 +142,12 @@ def test_set_threads_sizes_the_pool_xla_creates():
     assert pool("default") == len(os.sched_getaffinity(0))
 
 
-# Short runs whose automatic pool is one thread: PureJaxRL's PPO config and IMPALA's
-# CartPole default (one gradient step on 320 samples per update).
+# Short runs whose automatic pool is one thread: PureJaxRL's PPO config, PPO's CartPole
+# default (minibatches of 512, the edge) and IMPALA's CartPole default (one gradient step
+# on 320 samples per update).
 SMALL_RUNS = {
     "ppo": ["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4", "--total_steps=8192"],
+    "ppo_default": ["--total_steps=16384"],
     "impala": ["--agent=impala", "--total_steps=6400"],
 }
 
