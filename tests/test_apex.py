@@ -189,6 +189,22 @@ def test_learner_on_two_devices_keeps_identical_params_and_refreshes_the_target(
         assert np.isfinite(h["loss/td"]).all() and h["loss/td"][0] > 0
 
 
+def test_priority_beta_reaches_its_end_value_at_the_last_update():
+    # 64 transitions per update, learning from update 1 (128 stored) to update 5: β is
+    # priority_beta at the first learning update and priority_beta_end at the last.
+    learner = make(priority_beta=0.4, priority_beta_end=1.0)
+    init_keys, train_keys = learner.seed_keys(0)
+    state = learner.init(init_keys)
+    step = learner.make_train_chunk(1)
+    ready, betas = [], []
+    for _ in range(learner.config.num_updates):
+        state, metrics = step(state, train_keys)
+        ready.append(float(metrics["learner/ready"][0]))
+        betas.append(float(metrics["priority/beta"][0]))
+    assert ready == [0, 1, 1, 1, 1, 1]
+    np.testing.assert_allclose(betas[1:], np.linspace(0.4, 1.0, 5), rtol=1e-6)
+
+
 @pytest.mark.parametrize("overrides,message", [
     (dict(batch_size=30), "--batch_size must be divisible by the number of devices"),
     (dict(buffer_capacity=32), "--buffer_capacity must be >= num_envs * rollout_len"),

@@ -114,6 +114,45 @@ def test_kl_penalty_objective_adapts_beta():
     assert metrics["ppo/kl"][0] >= 0
 
 
+def test_kl_beta_adapts_to_the_kl_after_the_update():
+    # Section 4: d = E[KL[π_old(·|s), π_new(·|s)]] over the rollout after the epochs.
+    # One SGD step per update with a large step: the KL before that step is 0, after it
+    # far above 1.5 · d_targ, so β must double (it halved when d was the pre-step KL).
+    cfg = config_lib.default_config(
+        "CartPole-v1", num_envs=8, rollout_len=16, total_steps=128, num_epochs=1,
+        num_minibatches=1, objective="kl", lr=0.05, kl_target=0.01, kl_beta_init=1.0,
+    )
+    learner = learner_lib.Learner(cfg, parallel.make_mesh(1))
+    init_keys, train_keys = learner.seed_keys(0)
+
+    def local(state, key):
+        env_ids = learner.local_env_ids()
+        _, traj, _ = learner.rollout(state.params, state.env_state, key, env_ids)
+        params, _, agent_state, metrics = learner.learn(
+            state.params, state.opt_state, state.agent_state, traj, key, env_ids)
+        return traj.obs, params, agent_state.kl_beta, metrics
+
+    obs_spec = P(None, None, parallel.DATA_AXIS)  # [S, T, B, ...]
+    update = jax.jit(parallel.shard_map(
+        jax.vmap(local), learner.mesh, in_specs=(learner.state_specs, P()),
+        out_specs=(obs_spec, P(), P(), P()),
+    ))
+    state = learner.init(init_keys)
+    obs, params, kl_beta, metrics = jax.device_get(update(state, train_keys))
+    old = jax.device_get(state.params)
+
+    def log_softmax(params):  # plain reference of the categorical policy's log-probs
+        logits = np.asarray(learner.policy(jax.tree.map(lambda x: x[0], params), obs[0]))
+        z = logits - logits.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    log_p, log_q = log_softmax(old), log_softmax(params)
+    d = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+    np.testing.assert_allclose(metrics["ppo/update_kl"][0], d, rtol=1e-4)
+    assert d > 1.5 * cfg.kl_target
+    assert float(kl_beta[0]) == 2.0
+
+
 def test_continuous_actions_pendulum():
     cfg = config_lib.default_config(
         "Pendulum-v1", num_envs=4, rollout_len=8, total_steps=64, num_epochs=1, num_minibatches=2

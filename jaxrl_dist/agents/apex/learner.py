@@ -224,9 +224,14 @@ class Learner(on_device.OnDeviceLearner):
         return ActorBatch(items, priorities)
 
     # -------------------------------------------------------------- learning
-    def _beta(self, update_step: jax.Array) -> jax.Array:
+    def _beta(self, learning_update: jax.Array) -> jax.Array:
+        """β for the ``learning_update``-th update that learns (0 at the first, after the
+        warm-up): annealed linearly so that the run's last update uses ``priority_beta_end``
+        (the first learning update is the one whose add fills the replay to
+        ``learning_starts``, so ``num_updates - warm-up + 1`` of them learn)."""
         cfg = self.config
-        fraction = jnp.minimum(update_step.astype(jnp.float32) / max(cfg.num_updates, 1), 1.0)
+        last = max(cfg.num_updates - self._warmup_updates(), 1)
+        fraction = jnp.minimum(learning_update.astype(jnp.float32) / last, 1.0)
         return cfg.priority_beta + fraction * (cfg.priority_beta_end - cfg.priority_beta)
 
     def _loss(self, params, target_params, items: ReplayItem, weights):

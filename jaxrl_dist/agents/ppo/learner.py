@@ -145,7 +145,9 @@ class Learner(on_device.OnDeviceLearner):
         return jax.tree.map(shuffle_and_cut, batch)
 
     def learn(self, params, opt_state, agent_state: PPOState, traj, key, env_ids):
-        """GAE (eq. 11) on ``traj``, then epochs of minibatch SGD on eq. 7 or eq. 8."""
+        """GAE (eq. 11) on ``traj``, then epochs of minibatch SGD on eq. 7 or eq. 8; with
+        eq. 8, β is then adapted (section 4) from ``ppo/update_kl``, the mean
+        KL[π_old || π_new] over the rollout after the epochs (averaged over devices)."""
         cfg = self.config
         values, next_values = self.values_and_next_values(params, traj)
         advantages, targets = losses.gae(
@@ -182,9 +184,16 @@ class Learner(on_device.OnDeviceLearner):
         params = unravel(flat_params)
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["value/mean"] = jnp.mean(values)
+        if cfg.objective == "kl":
+            # Section 4's d: KL[π_old || π_new] over the whole rollout AFTER the epochs
+            # (``ppo/kl`` is the mean KL each minibatch saw before its step; its first
+            # step's is 0, so it lags d and with one SGD step per update it is always 0).
+            metrics["ppo/update_kl"] = jnp.mean(
+                self.dist.kl(traj.behaviour_dist, self.policy(params, traj.obs))
+            )
         metrics = parallel.pmean(metrics)  # one all-reduce
         if cfg.objective == "kl":
-            kl_beta = losses.adapt_kl_beta(kl_beta, metrics["ppo/kl"], cfg.kl_target)
+            kl_beta = losses.adapt_kl_beta(kl_beta, metrics["ppo/update_kl"], cfg.kl_target)
         metrics["ppo/kl_beta"] = kl_beta
         return params, opt_state, PPOState(kl_beta), metrics
 
