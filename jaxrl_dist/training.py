@@ -250,7 +250,8 @@ def train(
 
     wall_offset = float(meta.get("wall_s", 0.0))
     t_train = time.time()
-    log = {"t": t_train, "steps": start_update * config.steps_per_update, "printed": 0.0}
+    log = {"t": t_train, "steps": start_update * config.steps_per_update, "printed": 0.0,
+           "recorded": start_update}
     last_saved = start_update if settings.resume else None
 
     def where() -> str:
@@ -259,6 +260,9 @@ def train(
         return f"last good checkpoint: update {last_saved} in {checkpointer.directory}"
 
     def record_chunk(done_updates: int, metrics: dict, final: bool) -> None:
+        if done_updates <= log["recorded"]:
+            return  # written already (a Ctrl-C can land after the write, before the caller
+            # forgets the chunk; the handler then offers it again)
         host = jax.device_get(metrics)
         done_steps = done_updates * config.steps_per_update
         now = time.time()
@@ -278,6 +282,7 @@ def train(
         history.append(record)
         if writer:
             writer.write(record)
+        log["recorded"] = done_updates
         if now - log["printed"] >= settings.progress_every_s or final:
             log["printed"] = now
             progress(
@@ -296,24 +301,32 @@ def train(
         ))
         last_saved = done_updates
 
-    pending = None
-    done_updates = start_update
+    # Chunks dispatched but not yet recorded, oldest first: chunk i's metrics are fetched
+    # (which blocks) only after chunk i + 1 is dispatched, so the two overlap. ``state``
+    # always holds the newest chunk's result, ``state_updates`` of them.
+    unrecorded: list[tuple[int, dict]] = []
+    state_updates = start_update
     try:
         for i in range(start_update // chunk, num_updates // chunk):
             state, metrics = train_chunk(state, train_keys)
-            done_updates = (i + 1) * chunk
-            if pending is not None:
-                record_chunk(*pending, final=False)
-            pending = (done_updates, metrics)
-            if done_updates % every == 0 or done_updates == num_updates:
-                record_chunk(*pending, final=done_updates == num_updates)
-                pending = None
-                save(done_updates)
+            state_updates = (i + 1) * chunk
+            unrecorded.append((state_updates, metrics))
+            while len(unrecorded) > 1:
+                record_chunk(*unrecorded[0], final=False)
+                unrecorded.pop(0)
+            if state_updates % every == 0 or state_updates == num_updates:
+                record_chunk(*unrecorded[0], final=state_updates == num_updates)
+                unrecorded.pop(0)
+                save(state_updates)
     except KeyboardInterrupt:
-        # The last dispatched chunk is complete once fetched; keep it if it is good.
-        if pending is not None:
-            record_chunk(*pending, final=True)
-            save(pending[0])
+        # Every dispatched chunk is complete once fetched: record them in order (each
+        # checks its metrics are finite), then keep the newest state under ITS update
+        # count (a Ctrl-C usually lands while chunk i's metrics are fetched, when
+        # ``state`` already holds chunk i + 1).
+        for done, metrics in unrecorded:
+            record_chunk(done, metrics, final=done == state_updates)
+        if state_updates > start_update and state_updates != last_saved:
+            save(state_updates)
         progress(f"interrupted: {where()}")
         raise
     jax.block_until_ready(state)

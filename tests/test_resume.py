@@ -124,6 +124,40 @@ def test_apex_resume_restores_replay_optimizer_and_rng(tmp_path):
     assert records(tmp_path / "cut") == records(tmp_path / "full")
 
 
+def test_ctrl_c_while_a_chunk_is_fetched_saves_the_newest_state_under_its_own_update(
+    tmp_path,
+):
+    # Chunk i's metrics are fetched (and logged) after chunk i + 1 is dispatched, so a
+    # Ctrl-C there finds the state one chunk ahead of the chunk being logged. That state
+    # must be saved under its own update count, and no chunk logged twice. Constant lr,
+    # so that a state saved under the wrong update would train differently when resumed.
+    config = agents.default_config("ppo", "CartPole-v1", num_envs=4, rollout_len=8,
+                                   total_steps=4 * 8 * 8, num_epochs=1, num_minibatches=1,
+                                   anneal_lr=False)  # 8 updates, one per chunk
+    settings = dict(num_devices=1, eval_episodes=2, log_points=8, checkpoint_every=100)
+    full = training.train(config, training.RunSettings(**settings), str(tmp_path / "full"),
+                          progress=lambda s: None)
+
+    pressed = []
+
+    def ctrl_c_at_the_first_log_line(line):
+        if line.startswith("env_steps") and not pressed:
+            pressed.append(line)
+            raise KeyboardInterrupt
+
+    cut = str(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config, training.RunSettings(**settings, progress_every_s=0.0), cut,
+                       progress=ctrl_c_at_the_first_log_line)
+    steps = [r["env_steps"] for r in records(cut)]
+    assert steps == sorted(set(steps)), steps  # no chunk logged twice
+    resumed = training.train(config, training.RunSettings(**settings, resume=True), cut,
+                             progress=lambda s: None)
+    assert resumed["resumed_from"] == 2  # update 1 was being logged, update 2 was done
+    assert resumed["params_sha256"] == full["params_sha256"]
+    assert records(cut) == records(tmp_path / "full")
+
+
 def test_a_nan_loss_stops_the_run_naming_the_update_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
