@@ -51,6 +51,19 @@ OUTPUTS = ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint", "
            "tensorboard")
 
 
+def check_workdir_writable(workdir: str) -> None:
+    """Creates ``workdir`` (and its parents) if needed; ConfigError if that fails or it
+    cannot be written (before anything compiles)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise errors.ConfigError(
+            f"--workdir={workdir} cannot be created: {e.strerror or e}"
+        ) from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise errors.ConfigError(f"--workdir={workdir} is not writable")
+
+
 def check_resume(workdir: str, config) -> None:
     """Raises ConfigError unless ``workdir`` holds a run made with this config and seed."""
     import dataclasses
@@ -112,6 +125,7 @@ def main(argv):
                 f"--workdir={workdir} already holds a run (metrics.jsonl); "
                 "choose a new --workdir, pass --overwrite, or --resume it"
             )
+        check_workdir_writable(workdir)
     except errors.ConfigError as e:
         cli.fail(str(e))
 

@@ -300,6 +300,10 @@ def config_from_flags():
         target_update_period=FLAGS.target_update_period,
         num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
     )
+    if not -(2**31) <= FLAGS.seed < 2**31:  # jax.random.key takes a 32-bit seed
+        raise errors.ConfigError(
+            f"--seed must be in [{-(2**31)}, {2**31 - 1}], got {FLAGS.seed}"
+        )
     host = gymnasium_env.is_gymnasium(FLAGS.env)
     if host:
         for name in ("num_envs", "policy_lag", "num_devices"):

@@ -170,7 +170,9 @@ def train(
     """Trains ``config.agent``; with a ``workdir``, writes metrics, config, checkpoints and plot.
 
     Returns:
-      A summary dict: ``env_steps`` (per seed), ``compile_s``, ``train_s``, ``sps``
+      A summary dict: ``env_steps`` (per seed), ``init_s`` (seconds to build the
+      per-seed keys and the initial state, compile included, or to restore it from a
+      checkpoint), ``compile_s`` (of the training chunk), ``train_s``, ``sps``
       (env steps per second over all seeds, after compilation, of this
       invocation), ``eval/episode_return`` (mean over seeds and episodes),
       ``eval/returns`` (``[S, eval_episodes]``), ``params_sha256``, ``params``,
@@ -198,7 +200,9 @@ def train(
         "config": {k: writers.jsonable(v) for k, v in dataclasses.asdict(config).items()},
         "seed": settings.seed, "num_seeds": settings.num_seeds, "num_devices_used": mesh.size,
     }
+    t_init = time.time()
     init_keys, train_keys = learner.seed_keys(settings.seed)
+    init_s = time.time() - t_init
     checkpointer = checkpoint.RunCheckpointer(os.path.join(workdir, "checkpoints")) if (
         workdir) else None
     start_update, state, meta = 0, None, {}
@@ -206,7 +210,9 @@ def train(
         latest = checkpointer.latest_step() if checkpointer else None
         if latest is None:
             raise errors.ConfigError(f"--resume: no checkpoint in {workdir}/checkpoints")
+        t_restore = time.time()
         state, meta = checkpointer.restore(latest, abstract_state(learner, init_keys))
+        init_s += time.time() - t_restore
         for name, value in run_meta.items():
             if meta.get(name) != value:
                 raise errors.ConfigError(
@@ -238,7 +244,9 @@ def train(
         )
 
     if state is None:
-        state = learner.init(init_keys)
+        t_init = time.time()
+        state = jax.block_until_ready(learner.init(init_keys))
+        init_s += time.time() - t_init
     t_compile = time.time()
     train_chunk = learner.make_train_chunk(chunk).lower(state, train_keys).compile()
     compile_s = time.time() - t_compile
@@ -345,6 +353,7 @@ def train(
     summary = {
         "env_steps": env_steps,
         "wall_s": wall_offset + time.time() - t_start,
+        "init_s": init_s,
         "compile_s": compile_s,
         "train_s": train_s,
         "sps": run_steps * settings.num_seeds / train_s if run_steps else float("nan"),

@@ -91,6 +91,9 @@ BAD_INPUTS = [
      "--batch_size must be divisible by the number of devices (4), got 30"),
     (["--agent=apex", "--env=gymnasium:CartPole-v1", "--param_refresh_steps=-1"],
      "--param_refresh_steps must be an integer >= 0, got -1"),
+    (["--seed=2147483648"], "--seed must be in [-2147483648, 2147483647], got 2147483648"),
+    (["--workdir=/proc/jaxrl_dist_test"],
+     "--workdir=/proc/jaxrl_dist_test cannot be created: No such file or directory"),
 ]
 
 
@@ -189,10 +192,18 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == '{"env_steps": 1}\n'
 
 
-def test_benchmark_bad_input_exit_2():
-    result = run_script(BENCHMARK, "--num_minibatches=0", timeout=120)
+BENCHMARK_BAD_INPUTS = [
+    (["--num_minibatches=0"], "--num_minibatches must be > 0, got 0"),
+    (["--env=gymnasium:CartPole-v1", "--raw_seconds=0"], "--raw_seconds must be > 0, got 0.0"),
+    (["--env=gymnasium:CartPole-v1", "--raw_seconds=inf"], "--raw_seconds must be finite, got inf"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BENCHMARK_BAD_INPUTS)
+def test_benchmark_bad_input_exit_2(args, message):
+    result = run_script(BENCHMARK, *args, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: --num_minibatches must be > 0, got 0"
+    assert result.stderr.strip() == f"error: {message}"
 
 
 @pytest.mark.parametrize("agent", ["ppo", "impala"])  # a2c's train.py run: test_learning.py
@@ -247,7 +258,8 @@ def test_benchmark_prints_table_and_json(background, agent):
     summary = json.loads(lines[-1])
     assert summary["agent"] == agent
     assert summary["env_steps"] == 8192
-    assert summary["sps"] > 0 and summary["compile_s"] > 0
+    assert summary["sps"] > 0 and summary["compile_s"] > 0 and summary["init_s"] > 0
+    assert summary["run_total_s"] > summary["init_s"] + summary["compile_s"] + summary["train_s"]
     assert summary["num_devices"] == 1 and summary["backend"] == "cpu"
 
 

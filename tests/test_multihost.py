@@ -24,7 +24,7 @@ def last_line(workdir):
 
 
 def logged(records):
-    skip = {"wall_s", "sps", "compile_s", "train_s"}
+    skip = {"wall_s", "sps", "init_s", "compile_s", "train_s"}
     return [{k: v for k, v in r.items() if k not in skip} for r in records]
 
 

@@ -9,6 +9,7 @@ from tests import test_cli, test_compare, test_multihost, test_sweep
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 CASES = [
     *[("train.py", a, m) for a, m in test_cli.BAD_INPUTS],
+    *[("benchmark.py", a, m) for a, m in test_cli.BENCHMARK_BAD_INPUTS],
     *[("train.py", a, m) for a, m in test_multihost.MULTIPROCESS_BAD_INPUTS],
     *[("benchmark.py", a, m) for a, m in test_sweep.SWEEP_BAD_INPUTS],
     *[("benchmark.py", a, m) for a, m in test_compare.COMPARE_BAD_INPUTS],

@@ -100,6 +100,15 @@ def test_updated_priorities_change_what_is_sampled():
     np.testing.assert_allclose(s.weights, 1.0)
 
 
+def test_zero_priorities_are_never_sampled_even_at_alpha_zero():
+    # α = 0 is uniform replay over the items with p > 0; 0^0 = 1 must not revive p = 0.
+    state = prioritized.init(jnp.zeros(()), 4)
+    state = prioritized.add(state, jnp.arange(4.0), jnp.array([1.0, 0.0, 2.0, 0.0]), 0.0)
+    state = prioritized.update_priorities(state, jnp.array([2]), jnp.zeros(1), 0.0)
+    s = prioritized.sample(state, jax.random.key(0), 256, 0.4)
+    assert np.all(np.asarray(s.indices) == 0)
+
+
 def test_bad_arguments():
     state = prioritized.init(jnp.zeros(()), 4)
     with pytest.raises(ValueError, match="alpha must be >= 0"):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conft
 
 ARGS = ["--total_steps=40960", "--num_envs=4", "--rollout_len=32", "--checkpoint_every=20",
         "--log_points=16", "--eval_episodes=2", "--compilation_cache="]
-TIMING = {"wall_s", "sps", "compile_s", "train_s"}
+TIMING = {"wall_s", "sps", "init_s", "compile_s", "train_s"}
 
 
 def records(workdir):

@@ -81,10 +81,15 @@ def add(state: ReplayState, items: Any, priorities: jax.Array, alpha: float) -> 
     chex.assert_rank(priorities, 1)
     indices = (state.position + jnp.arange(num, dtype=jnp.int32)) % cap
     storage = jax.tree.map(lambda s, x: s.at[indices].set(x.astype(s.dtype)), state.storage, items)
-    tree = sum_tree.set_leaves(state.tree, indices, jnp.power(priorities, alpha))
+    tree = sum_tree.set_leaves(state.tree, indices, _scaled(priorities, alpha))
     return ReplayState(
         storage, tree, (state.position + num) % cap, jnp.minimum(state.size + num, cap)
     )
+
+
+def _scaled(priorities: jax.Array, alpha: float) -> jax.Array:
+    """``p^α``, with 0 for ``p = 0`` also at ``α = 0`` (``0^0`` is 1: never sampled means 0)."""
+    return jnp.where(priorities > 0, jnp.power(priorities, alpha), 0.0)
 
 
 def sample(state: ReplayState, key: jax.Array, batch_size: int, beta: float) -> Sample:
@@ -128,5 +133,5 @@ def update_priorities(
     """
     _check_exponent("alpha", alpha)
     chex.assert_equal_shape([indices, priorities])
-    tree = sum_tree.set_leaves(state.tree, indices, jnp.power(priorities, alpha))
+    tree = sum_tree.set_leaves(state.tree, indices, _scaled(priorities, alpha))
     return state._replace(tree=tree)
