@@ -145,7 +145,6 @@ def main(argv):
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("workdir cleared")
-    os.makedirs(workdir, exist_ok=True)
     settings = training.RunSettings(
         seed=FLAGS.seed,
         num_seeds=FLAGS.num_seeds,

@@ -28,7 +28,6 @@ its Zen 4 CPU:
   thread faster), but IMPALA 64 × 20 (1,280 samples) 410.5k against 445.3k, A2C
   256 × 5 (1,280) 497.5k against 514.0k, A2C 1024 × 5 387.7k against 466.8k and Ape-X
   with batches of 1,024 14.0k against 16.3k (two threads faster).
-
 * On the VM's Zen 5 CPU (2026-12-02, afternoon; AMD EPYC family 26), at 512 samples
   per gradient step (two rounds each unless stated): PPO 32 × 64 (the default) 264.9k / 308.1k /
   310.0k against 248.1k / 285.0k / 286.9k (three rounds; the same ``params_sha256``
@@ -48,7 +47,7 @@ import os
 # XLA reads the first of these that is set (xla/pjrt/utils.cc, DefaultThreadPoolSize).
 ENV_VARS = ("PJRT_NPROC", "NPROC")
 
-# The region where one pool thread was measured to be faster for every agent (see above).
+# The region where one pool thread won or tied for every agent measured (see above).
 MAX_SINGLE_THREAD_BATCH = 512  # samples per gradient step, over all vmapped seeds
 MAX_SINGLE_THREAD_ENVS = 64  # envs stepped per rollout step, over all vmapped seeds
 MAX_SINGLE_THREAD_WIDTH = 64  # widest hidden layer

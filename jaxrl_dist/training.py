@@ -319,7 +319,7 @@ def train(
             state, metrics = train_chunk(state, train_keys)
             state_updates = (i + 1) * chunk
             unrecorded.append((state_updates, metrics))
-            while len(unrecorded) > 1:
+            if len(unrecorded) > 1:  # the previous chunk's (at most one waits)
                 record_chunk(*unrecorded[0], final=False)
                 unrecorded.pop(0)
             if state_updates % every == 0 or state_updates == num_updates:
