@@ -10,6 +10,15 @@ project's 2-core CPU VM, jax 0.10.2). The keys and evaluation returns are the sa
 the initial parameters and env resets agree up to float rounding (LLVM contracts multiply-adds into
 FMAs only at the higher levels), so a run's trajectory differs from one whose
 initial state was compiled at level 3, as with any change of summation order.
+Since 2026-12-02 these run-once programs also skip XLA's fusion emitters
+(``xla_cpu_use_fusion_emitters=False``, the older loop emitter): PPO CartPole's
+initial state then compiles in 0.58-0.69 s instead of 1.18-1.38 s (three alternating
+pairs, Zen 5 VM), with the same values to the printed precision; in five alternating
+pairs of the default ``train.py`` run against the tree before, ``init_s`` 1.0-1.5 s
+against 1.5-2.0 s. The initial parameters again differ by float rounding only, so the
+default run's ``params_sha256`` changed (greedy evaluation 500 either way). For the
+training chunk the same option shortened the compile by ~1-2 s but made the steps
+13-15 % slower (BUILD.md), so the chunk keeps the fusion emitters.
 
 The training chunk runs for most of the run, yet level 2 (instead of XLA's default
 3) compiles it ~25 % faster at no measured cost: PPO CartPole 4 × 128, ten paired
@@ -29,7 +38,7 @@ import jax
 
 # XLA's DebugOptions field: 0 = no LLVM optimisation of the generated kernels,
 # 3 = XLA's default.
-_RUN_ONCE_CPU = {"xla_backend_optimization_level": 0}
+_RUN_ONCE_CPU = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 _TRAINING_CPU = {"xla_backend_optimization_level": 2}
 
 
@@ -40,7 +49,8 @@ def run_once(platform: str | None = None) -> dict[str, Any]:
       platform: ``"cpu"``, ``"gpu"``, ``"tpu"``...; ``None``: ``jax.default_backend()``.
 
     Returns:
-      The options dict: XLA's backend optimisation level 0 on CPU, none elsewhere
+      The options dict: XLA's backend optimisation level 0 and no fusion emitters
+      on CPU, none elsewhere
       (not measured there; accelerator compile time is mostly not LLVM's).
     """
     platform = platform or jax.default_backend()

@@ -22,7 +22,8 @@ def _same(a, b, rtol=0.0, atol=0.0):
 
 
 def test_options_are_cpu_only():
-    assert compile_options.run_once("cpu") == {"xla_backend_optimization_level": 0}
+    assert compile_options.run_once("cpu") == {
+        "xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
     assert compile_options.training("cpu") == {"xla_backend_optimization_level": 2}
     assert compile_options.run_once("gpu") == {} == compile_options.training("tpu")
 
