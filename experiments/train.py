@@ -154,6 +154,7 @@ def main(argv):
         checkpoint_every=FLAGS.checkpoint_every,
         resume=FLAGS.resume,
         wandb_project=FLAGS.wandb_project,
+        chunk_compile=FLAGS.chunk_compile,
     )
     primary = distributed.is_primary()
     if primary:

@@ -104,6 +104,13 @@ def define_agent_flags() -> None:
         "compilation_cache", None,
         "Directory of JAX's persistent compilation cache ('' disables it).",
     )
+    flags.DEFINE_enum(
+        "chunk_compile", "auto", ["auto", "quick", "optimized"],
+        "CPU: how the training chunk compiles. quick skips XLA's fusion emitters "
+        "(~1.5-2 s less compile, 20-40 % slower steps), optimized keeps them, auto: quick "
+        "for runs of at most 5e5 env steps over all seeds (compile_options.py). "
+        "benchmark.py defaults to optimized.",
+    )
     flags.DEFINE_integer(
         "cpu_threads", None,
         "Threads of XLA's CPU intra-op pool (PJRT_NPROC). Default: PJRT_NPROC/NPROC if "

@@ -16,9 +16,22 @@ initial state then compiles in 0.58-0.69 s instead of 1.18-1.38 s (three alterna
 pairs, Zen 5 VM), with the same values to the printed precision; in five alternating
 pairs of the default ``train.py`` run against the tree before, ``init_s`` 1.0-1.5 s
 against 1.5-2.0 s. The initial parameters again differ by float rounding only, so the
-default run's ``params_sha256`` changed (greedy evaluation 500 either way). For the
-training chunk the same option shortened the compile by ~1-2 s but made the steps
-13-15 % slower (BUILD.md), so the chunk keeps the fusion emitters.
+default run's ``params_sha256`` changed (greedy evaluation 500 either way). This
+was reverted the same day because PPO 4 × 128's initial parameters then depended on
+the XLA thread count; it is back since the orthogonal init of a single column no
+longer goes through a one-trip loop (``initializers``), with the initial states of 24
+agent/env/seed configurations bit-identical on 1 and 2 threads.
+
+The training chunk can skip the fusion emitters too (``training(quick=True)``): it
+then compiles ~1.5-2 s faster but runs 20-40 % slower (PPO CartPole, 2026-12-02, Zen 5
+VM, one XLA thread, two alternations each: default 32 × 64 compile 1.9-2.0 s against
+3.3-3.7 s, 6.7-6.8 against 5.6-5.7 ms per update at best; 4 × 128 2.2-2.4 s against
+3.4-4.0 s, 2.5-2.6 against 2.0 ms; 2048 × 16 on two threads 1.7 against 3.4 s, 90
+against 67 ms). The worst of those penalties, ~1.2-3 µs per env step, cancels the
+saving at about 5e5 env steps, so ``chunk_tier("auto", env_steps)`` compiles quick
+for runs of at most ``QUICK_CHUNK_MAX_ENV_STEPS`` env steps (all seeds) and
+optimised beyond. The choice depends only on the run's config, so a resumed run
+compiles the tier it started with; the two tiers agree up to float rounding.
 
 The training chunk runs for most of the run, yet level 2 (instead of XLA's default
 3) compiles it ~25 % faster at no measured cost: PPO CartPole 4 × 128, ten paired
@@ -36,10 +49,16 @@ from typing import Any
 
 import jax
 
+from jaxrl_dist import errors
+
 # XLA's DebugOptions field: 0 = no LLVM optimisation of the generated kernels,
 # 3 = XLA's default.
 _RUN_ONCE_CPU = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 _TRAINING_CPU = {"xla_backend_optimization_level": 2}
+_QUICK_TRAINING_CPU = {"xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": False}
+
+CHUNK_TIERS = ("auto", "quick", "optimized")
+QUICK_CHUNK_MAX_ENV_STEPS = 500_000  # where the quick tier's slower steps cancel its saving
 
 
 def run_once(platform: str | None = None) -> dict[str, Any]:
@@ -57,17 +76,41 @@ def run_once(platform: str | None = None) -> dict[str, Any]:
     return dict(_RUN_ONCE_CPU) if platform == "cpu" else {}
 
 
-def training(platform: str | None = None) -> dict[str, Any]:
+def training(platform: str | None = None, quick: bool = False) -> dict[str, Any]:
     """``compiler_options`` for ``jax.jit`` of the training step or chunk.
 
     Args:
       platform: as for ``run_once``.
+      quick: also skip XLA's fusion emitters (compiles faster, runs slower; see the
+        module docstring).
 
     Returns:
-      XLA's backend optimisation level 2 on CPU, none elsewhere or when
-      ``jax_disable_most_optimizations`` is set (its level 0 then applies).
+      XLA's backend optimisation level 2 (and, if ``quick``, no fusion emitters) on
+      CPU; none elsewhere or when ``jax_disable_most_optimizations`` is set (its
+      level 0 then applies).
     """
     platform = platform or jax.default_backend()
     if platform != "cpu" or jax.config.read("jax_disable_most_optimizations"):
         return {}  # an explicit level would override that flag's level 0
-    return dict(_TRAINING_CPU)
+    return dict(_QUICK_TRAINING_CPU if quick else _TRAINING_CPU)
+
+
+def chunk_tier(tier: str, env_steps: int) -> str:
+    """Resolves ``--chunk_compile``: ``"quick"`` or ``"optimized"``.
+
+    Args:
+      tier: one of ``CHUNK_TIERS``; ``"auto"`` picks quick for runs of at most
+        ``QUICK_CHUNK_MAX_ENV_STEPS`` env steps.
+      env_steps: the whole run's env steps over all seeds (not what remains of a
+        resumed run, so that it resolves as the run did when it started).
+
+    Raises:
+      ConfigError: ``tier`` is not one of ``CHUNK_TIERS``.
+    """
+    if tier not in CHUNK_TIERS:
+        raise errors.ConfigError(
+            f"--chunk_compile must be one of {', '.join(CHUNK_TIERS)}, got {tier!r}"
+        )
+    if tier == "auto":
+        return "quick" if env_steps <= QUICK_CHUNK_MAX_ENV_STEPS else "optimized"
+    return tier

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jaxrl_dist import (
     agents,
     checkpoint,
+    compile_options,
     cpu_threads,
     distributed,
     errors,
@@ -56,6 +57,7 @@ class RunSettings:
     checkpoint_every: int | None = None
     resume: bool = False
     wandb_project: str | None = None  # also log to Weights & Biases (process 0 only)
+    chunk_compile: str = "auto"  # compile_options.CHUNK_TIERS: quick, optimized, or by run size
 
 
 # Settings that change what a run computes: a resumed run must match them.
@@ -172,7 +174,8 @@ def train(
     Returns:
       A summary dict: ``env_steps`` (per seed), ``init_s`` (seconds to build the
       per-seed keys and the initial state, compile included, or to restore it from a
-      checkpoint), ``compile_s`` (of the training chunk), ``train_s``, ``sps``
+      checkpoint), ``compile_s`` (of the training chunk), ``chunk_compile`` (the
+      resolved tier, ``"quick"`` or ``"optimized"``), ``train_s``, ``sps``
       (env steps per second over all seeds, after compilation, of this
       invocation), ``eval/episode_return`` (mean over seeds and episodes),
       ``eval/returns`` (``[S, eval_episodes]``), ``params_sha256``, ``params``,
@@ -192,6 +195,9 @@ def train(
     mesh = parallel.make_mesh(settings.num_devices)
     learner = agents.make_learner(config, mesh, settings.num_seeds, env_params)
     num_updates = config.num_updates
+    tier = compile_options.chunk_tier(
+        settings.chunk_compile, num_updates * config.steps_per_update * settings.num_seeds
+    )
     if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
         raise errors.ConfigError(
             f"--checkpoint_every must be >= 1 update, got {settings.checkpoint_every}"
@@ -241,6 +247,7 @@ def train(
             workdir, config, agent=config.agent, **dataclasses.asdict(settings),
             num_devices_used=mesh.size, num_processes=distributed.process_count(),
             backend=jax.default_backend(), cpu_threads=cpu_threads.configured(),
+            chunk_tier=tier,
         )
 
     if state is None:
@@ -248,11 +255,13 @@ def train(
         state = jax.block_until_ready(learner.init(init_keys))
         init_s += time.time() - t_init
     t_compile = time.time()
-    train_chunk = learner.make_train_chunk(chunk).lower(state, train_keys).compile()
+    train_chunk = learner.make_train_chunk(chunk, quick=tier == "quick").lower(
+        state, train_keys).compile()
     compile_s = time.time() - t_compile
     progress(
-        f"compiled in {compile_s:.1f}s: {num_updates} updates of {config.steps_per_update} "
-        f"env steps in chunks of {chunk}, {settings.num_seeds} seed(s), {mesh.size} device(s)"
+        f"compiled ({tier}) in {compile_s:.1f}s: {num_updates} updates of "
+        f"{config.steps_per_update} env steps in chunks of {chunk}, {settings.num_seeds} "
+        f"seed(s), {mesh.size} device(s)"
         + (f", resumed at update {start_update}" if start_update else "")
     )
 
@@ -355,6 +364,7 @@ def train(
         "wall_s": wall_offset + time.time() - t_start,
         "init_s": init_s,
         "compile_s": compile_s,
+        "chunk_compile": tier,
         "train_s": train_s,
         "sps": run_steps * settings.num_seeds / train_s if run_steps else float("nan"),
         "eval/episode_return": float(eval_returns.mean()),

@@ -3,8 +3,9 @@ same values as XLA's default: seed keys, initial state, training chunk and evalu
 
 import jax
 import numpy as np
+import pytest
 
-from jaxrl_dist import agents, compile_options, evaluation, parallel
+from jaxrl_dist import agents, compile_options, errors, evaluation, parallel
 
 DEFAULT = {"xla_backend_optimization_level": 3}  # XLA's own default level
 
@@ -25,7 +26,21 @@ def test_options_are_cpu_only():
     assert compile_options.run_once("cpu") == {
         "xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
     assert compile_options.training("cpu") == {"xla_backend_optimization_level": 2}
+    assert compile_options.training("cpu", quick=True) == {
+        "xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": False}
     assert compile_options.run_once("gpu") == {} == compile_options.training("tpu")
+    assert compile_options.training("gpu", quick=True) == {}
+
+
+def test_chunk_tier_resolves_auto_by_the_whole_runs_env_steps():
+    limit = compile_options.QUICK_CHUNK_MAX_ENV_STEPS
+    assert compile_options.chunk_tier("auto", limit) == "quick"
+    assert compile_options.chunk_tier("auto", limit + 1) == "optimized"
+    for tier in ("quick", "optimized"):
+        assert compile_options.chunk_tier(tier, 1) == tier == compile_options.chunk_tier(
+            tier, 10**9)
+    with pytest.raises(errors.ConfigError, match="--chunk_compile must be one of"):
+        compile_options.chunk_tier("fast", 1)
 
 
 def test_training_options_defer_to_disable_most_optimizations(fast_compile):
@@ -52,6 +67,7 @@ def test_seed_keys_init_and_training_chunk_match_default_level():
     chunk = learner.make_train_chunk(3)
     fast = chunk.lower(state, train_keys).compile()  # training options (jit's own)
     default = chunk.lower(state, train_keys).compile(compiler_options=DEFAULT)
+    quick_state = jax.tree.map(lambda x: x.copy(), state)  # chunks donate their state
     fast_state, default_state = state, jax.tree.map(lambda x: x.copy(), state)
     for _ in range(2):
         fast_state, fast_metrics = fast(fast_state, train_keys)
@@ -59,6 +75,13 @@ def test_seed_keys_init_and_training_chunk_match_default_level():
     # Level 2 may contract a multiply-add differently: equal up to float rounding.
     _same(fast_state.params, default_state.params, rtol=1e-4, atol=1e-7)
     _same(fast_metrics, metrics, rtol=1e-4, atol=1e-6)
+
+    # The quick tier (no fusion emitters) too.
+    quick = learner.make_train_chunk(3, quick=True).lower(quick_state, train_keys).compile()
+    for _ in range(2):
+        quick_state, quick_metrics = quick(quick_state, train_keys)
+    _same(quick_state.params, default_state.params, rtol=1e-4, atol=1e-7)
+    _same(quick_metrics, metrics, rtol=1e-4, atol=1e-6)
 
 
 def test_evaluation_matches_default_level():

@@ -266,8 +266,11 @@ class OnDeviceLearner:
         return jax.vmap(self._init_one)(seed_keys)
 
     # ----------------------------------------------------------- the program
-    def make_train_chunk(self, num_updates: int) -> Callable:
+    def make_train_chunk(self, num_updates: int, quick: bool = False) -> Callable:
         """A jitted ``(state, key[S]) -> (state, metrics)`` running ``num_updates`` updates.
+
+        ``quick``: compile with ``compile_options.training(quick=True)`` (faster
+        compile, slower steps on CPU).
 
         Metrics are reduced on device over the updates: ``SUM_METRICS`` are summed,
         the rest averaged, all with a leading seed axis ``[S]``; ``GUARD_METRICS``
@@ -304,7 +307,7 @@ class OnDeviceLearner:
         )
         return jax.jit(
             sharded, donate_argnums=0,
-            compiler_options=compile_options.training(self.platform),
+            compiler_options=compile_options.training(self.platform, quick),
         )
 
     def seed_keys(self, seed: int) -> tuple[jax.Array, jax.Array]:
