@@ -223,7 +223,6 @@ def benchmark_host(config, settings, host, t0) -> None:
         "raw_random_action_sps": round(raw),
         "ratio": round(best["sps"] / raw, 3),
         "compile_s": round(best["compile_s"], 2),
-        "chunk_compile": best["chunk_compile"],
         "train_s": round(best["train_s"], 2),
         "policy_lag_mean": round(best["policy_lag/mean"], 2),
         "stage_seconds": stages,

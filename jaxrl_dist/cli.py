@@ -319,6 +319,11 @@ def config_from_flags():
                     f"--{name} does not apply to host actors (--env={FLAGS.env}); "
                     + HOST_INSTEAD[name]
                 )
+        if FLAGS["chunk_compile"].present:
+            raise errors.ConfigError(
+                f"--chunk_compile does not apply to host actors (--env={FLAGS.env}); it "
+                "picks how the on-device training chunk compiles"
+            )
         if FLAGS.num_seeds != 1:
             raise errors.ConfigError(
                 f"--num_seeds must be 1 with host actors (--env={FLAGS.env}), "
