@@ -144,9 +144,12 @@ def test_set_threads_sizes_the_pool_xla_creates():
 
 # Short runs whose automatic pool is one thread: PureJaxRL's PPO config, PPO's CartPole
 # default (minibatches of 512, the edge) and IMPALA's CartPole default (one gradient step
-# on 320 samples per update).
+# on 320 samples per update). Runs this short compile their chunk in the quick tier
+# (compile_options.chunk_tier); "ppo_optimized" checks the tier of longer runs.
 SMALL_RUNS = {
     "ppo": ["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4", "--total_steps=8192"],
+    "ppo_optimized": ["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4",
+                      "--total_steps=8192", "--chunk_compile=optimized"],
     "ppo_default": ["--total_steps=16384"],
     "impala": ["--agent=impala", "--total_steps=6400"],
 }
@@ -179,6 +182,7 @@ def test_one_thread_trains_the_same_parameters(background, agent):
         config = json.loads((workdir / "config.json").read_text())
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
         records[name] = (config["cpu_threads"], json.loads(lines[-1])["params_sha256"])
+        assert config["chunk_tier"] == ("optimized" if agent == "ppo_optimized" else "quick")
     assert records["auto"][0] == 1
     assert records["two"][0] == 2
     assert records["auto"][1] == records["two"][1]
