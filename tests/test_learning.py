@@ -5,6 +5,8 @@ import json
 import pytest
 from test_cli import TRAIN, script_job
 
+from jaxrl_dist import agents, compile_options
+
 
 def background_runs(items, tmp_path_factory):
     """The selected agents' default commands, run in the background (see conftest)."""
@@ -14,8 +16,15 @@ def background_runs(items, tmp_path_factory):
         workdir = tmp_path_factory.mktemp(f"learning_{agent}")
         jobs.append(script_job(("learning", agent), TRAIN, f"--workdir={workdir}",
                                f"--agent={agent}", "--num_seeds=3", "--compilation_cache=",
-                               workdir=workdir))
+                               f"--chunk_compile={default_tier(agent)}", workdir=workdir))
     return jobs
+
+
+def default_tier(agent: str) -> str:
+    """The chunk tier of the one-seed default command, which three seeds' env steps could
+    otherwise resolve differently (``--chunk_compile=auto`` counts all seeds)."""
+    config = agents.default_config(agent, "CartPole-v1")
+    return compile_options.chunk_tier("auto", config.num_updates * config.steps_per_update)
 
 
 @pytest.mark.parametrize("agent,min_steps", [
@@ -33,3 +42,4 @@ def test_default_train_solves_cartpole_for_three_seeds(background, agent, min_st
     per_seed = final["eval/episode_return_per_seed"]
     assert len(per_seed) == 3
     assert min(per_seed) >= 475, per_seed
+    assert final["chunk_compile"] == default_tier(agent)
