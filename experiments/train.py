@@ -65,7 +65,8 @@ def check_workdir_writable(workdir: str) -> None:
 
 
 def check_resume(workdir: str, config) -> None:
-    """Raises ConfigError unless ``workdir`` holds a run made with this config and seed."""
+    """Raises ConfigError unless ``workdir`` holds a run made with this config and seed
+    (and, if ``--chunk_compile`` names a tier, compiled in that tier)."""
     import dataclasses
 
     from jaxrl_dist import writers
@@ -83,6 +84,14 @@ def check_resume(workdir: str, config) -> None:
                 f"--resume: the run in {workdir} has {name}={saved.get(name)!r}, "
                 f"the flags give {value!r}; resume with the same settings"
             )
+    tier = saved.get("chunk_tier")  # auto resumes in it (training.train)
+    if FLAGS.chunk_compile != "auto" and tier in ("quick", "optimized") and (
+            FLAGS.chunk_compile != tier):
+        raise errors.ConfigError(
+            f"--resume: the run in {workdir} compiled its chunk {tier}, "
+            f"--chunk_compile={FLAGS.chunk_compile} compiles it {FLAGS.chunk_compile}; "
+            "leave the flag unset"
+        )
 
 
 def main(argv):

@@ -30,8 +30,9 @@ VM, one XLA thread, two alternations each: default 32 × 64 compile 1.9-2.0 s ag
 against 67 ms). The worst of those penalties, ~1.2-3 µs per env step, cancels the
 saving at about 5e5 env steps, so ``chunk_tier("auto", env_steps)`` compiles quick
 for runs of at most ``QUICK_CHUNK_MAX_ENV_STEPS`` env steps (all seeds) and
-optimised beyond. The choice depends only on the run's config, so a resumed run
-compiles the tier it started with; the two tiers agree up to float rounding.
+optimised beyond (Ape-X's default run, 5e5 steps: compile 1.2-2.0 s shorter, steps
+~5 % slower; BUILD.md). The two tiers agree up to float rounding; ``training.train``
+resumes a run in the tier its checkpoint records.
 
 The training chunk runs for most of the run, yet level 2 (instead of XLA's default
 3) compiles it ~25 % faster at no measured cost: PPO CartPole 4 × 128, ten paired
@@ -95,14 +96,19 @@ def training(platform: str | None = None, quick: bool = False) -> dict[str, Any]
     return dict(_QUICK_TRAINING_CPU if quick else _TRAINING_CPU)
 
 
-def chunk_tier(tier: str, env_steps: int) -> str:
-    """Resolves ``--chunk_compile``: ``"quick"`` or ``"optimized"``.
+def chunk_tier(tier: str, env_steps: int, platform: str | None = None) -> str:
+    """Resolves ``--chunk_compile`` to the tier that takes effect.
 
     Args:
       tier: one of ``CHUNK_TIERS``; ``"auto"`` picks quick for runs of at most
         ``QUICK_CHUNK_MAX_ENV_STEPS`` env steps.
       env_steps: the whole run's env steps over all seeds (not what remains of a
         resumed run, so that it resolves as the run did when it started).
+      platform: as for ``run_once``.
+
+    Returns:
+      ``"quick"`` or ``"optimized"``; ``"default"`` where the two tiers compile the
+      same (not CPU, or ``jax_disable_most_optimizations`` set).
 
     Raises:
       ConfigError: ``tier`` is not one of ``CHUNK_TIERS``.
@@ -111,6 +117,8 @@ def chunk_tier(tier: str, env_steps: int) -> str:
         raise errors.ConfigError(
             f"--chunk_compile must be one of {', '.join(CHUNK_TIERS)}, got {tier!r}"
         )
+    if training(platform, quick=True) == training(platform, quick=False):
+        return "default"
     if tier == "auto":
         return "quick" if env_steps <= QUICK_CHUNK_MAX_ENV_STEPS else "optimized"
     return tier

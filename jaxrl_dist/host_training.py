@@ -361,7 +361,9 @@ def train_host(
     ) if workdir and process == 0 else None
     if writer:
         writers.write_config(
-            workdir, config, agent=config.agent, acting="host", **dataclasses.asdict(settings),
+            workdir, config, agent=config.agent, acting="host",
+            **{k: v for k, v in dataclasses.asdict(settings).items()
+               if k != "chunk_compile"},  # the on-device chunk's setting
             **{f"host_{k}": v for k, v in dataclasses.asdict(host).items()},
             backend=jax.default_backend(), num_processes=num_processes,
         )

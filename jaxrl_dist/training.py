@@ -174,8 +174,8 @@ def train(
     Returns:
       A summary dict: ``env_steps`` (per seed), ``init_s`` (seconds to build the
       per-seed keys and the initial state, compile included, or to restore it from a
-      checkpoint), ``compile_s`` (of the training chunk), ``chunk_compile`` (the
-      resolved tier, ``"quick"`` or ``"optimized"``), ``train_s``, ``sps``
+      checkpoint), ``compile_s`` (of the training chunk), ``chunk_tier`` (the
+      tier it compiled in, ``compile_options.chunk_tier``), ``train_s``, ``sps``
       (env steps per second over all seeds, after compilation, of this
       invocation), ``eval/episode_return`` (mean over seeds and episodes),
       ``eval/returns`` (``[S, eval_episodes]``), ``params_sha256``, ``params``,
@@ -183,7 +183,8 @@ def train(
 
     Raises:
       ConfigError: the config or settings are invalid, or ``settings.resume``
-        finds no checkpoint or one made with another config (before compiling).
+        finds no checkpoint, one made with another config (before compiling) or one
+        whose chunk compiled in another tier than an explicit ``chunk_compile``.
       NonFiniteError: a loss, metric or parameter became NaN/inf; the last
         checkpoint (written before the bad update) is kept.
       KeyboardInterrupt: after saving a checkpoint of the last finished chunk.
@@ -195,9 +196,8 @@ def train(
     mesh = parallel.make_mesh(settings.num_devices)
     learner = agents.make_learner(config, mesh, settings.num_seeds, env_params)
     num_updates = config.num_updates
-    tier = compile_options.chunk_tier(
-        settings.chunk_compile, num_updates * config.steps_per_update * settings.num_seeds
-    )
+    run_env_steps = num_updates * config.steps_per_update * settings.num_seeds
+    compile_options.chunk_tier(settings.chunk_compile, run_env_steps)  # checks the name
     if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
         raise errors.ConfigError(
             f"--checkpoint_every must be >= 1 update, got {settings.checkpoint_every}"
@@ -226,6 +226,17 @@ def train(
                     f"({meta.get(name)!r}, now {value!r})"
                 )
         start_update = latest
+    # A resumed run compiles its chunk as it started: auto takes the checkpoint's tier.
+    requested = settings.chunk_compile
+    saved_tier = meta.get("chunk_tier")
+    if requested == "auto" and saved_tier in ("quick", "optimized"):
+        requested = saved_tier
+    tier = compile_options.chunk_tier(requested, run_env_steps, learner.platform)
+    if saved_tier not in (None, tier):
+        raise errors.ConfigError(
+            f"--resume: the run in {workdir} compiled its chunk {saved_tier}, "
+            f"--chunk_compile={settings.chunk_compile} compiles it {tier}; leave the flag unset"
+        )
     chunk = chunk_size(
         num_updates, settings.log_points,
         tuple(n for n in (settings.checkpoint_every, start_update) if n),
@@ -314,6 +325,7 @@ def train(
             return
         checkpointer.save(done_updates, state, dict(
             run_meta, updates=done_updates, env_steps=done_updates * config.steps_per_update,
+            chunk_tier=tier,
             wall_s=wall_offset + time.time() - t_start,
         ))
         last_saved = done_updates
@@ -364,7 +376,7 @@ def train(
         "wall_s": wall_offset + time.time() - t_start,
         "init_s": init_s,
         "compile_s": compile_s,
-        "chunk_compile": tier,
+        "chunk_tier": tier,
         "train_s": train_s,
         "sps": run_steps * settings.num_seeds / train_s if run_steps else float("nan"),
         "eval/episode_return": float(eval_returns.mean()),

@@ -79,6 +79,9 @@ BAD_INPUTS = [
     (["--cpu_threads=0"], "--cpu_threads must be > 0"),
     (["--num_envs=four"], "flag --num_envs=four"),
     (["--chunk_compile=fast"], "flag --chunk_compile=fast: value should be one of"),
+    (["--agent=apex", "--total_steps=4096"],
+     "--learning_starts must be <= the run's env steps per seed (4096"),
+    (["--agent=apex", "--n_step=9"], "--n_step must be <= --rollout_len (8)"),
     (["--no_such_flag=1"], "no_such_flag"),
     (["extra"], "unexpected arguments"),
     (["--env=gymnasium:NoSuchEnv-v0"], "'NoSuchEnv-v0' is not a registered Gymnasium id"),
@@ -264,6 +267,8 @@ def test_benchmark_prints_table_and_json(background, agent):
     assert summary["sps"] > 0 and summary["compile_s"] > 0 and summary["init_s"] > 0
     assert summary["run_total_s"] > summary["init_s"] + summary["compile_s"] + summary["train_s"]
     assert summary["num_devices"] == 1 and summary["backend"] == "cpu"
+    # Optimized unless asked; this fast run (no XLA optimizations) has no tiers.
+    assert (summary["chunk_compile"], summary["chunk_tier"]) == ("optimized", "default")
 
 
 def test_host_actor_benchmark_reports_the_ratio_to_raw_env_steps(background):

@@ -1,11 +1,13 @@
 """The reduced XLA optimisation levels (``jaxrl_dist.compile_options``) compute the
 same values as XLA's default: seed keys, initial state, training chunk and evaluation."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, compile_options, errors, evaluation, parallel
+from jaxrl_dist import agents, compile_options, errors, evaluation, parallel, training
 
 DEFAULT = {"xla_backend_optimization_level": 3}  # XLA's own default level
 
@@ -34,17 +36,19 @@ def test_options_are_cpu_only():
 
 def test_chunk_tier_resolves_auto_by_the_whole_runs_env_steps():
     limit = compile_options.QUICK_CHUNK_MAX_ENV_STEPS
-    assert compile_options.chunk_tier("auto", limit) == "quick"
-    assert compile_options.chunk_tier("auto", limit + 1) == "optimized"
+    assert compile_options.chunk_tier("auto", limit, "cpu") == "quick"
+    assert compile_options.chunk_tier("auto", limit + 1, "cpu") == "optimized"
     for tier in ("quick", "optimized"):
-        assert compile_options.chunk_tier(tier, 1) == tier == compile_options.chunk_tier(
-            tier, 10**9)
+        assert compile_options.chunk_tier(tier, 1, "cpu") == tier == (
+            compile_options.chunk_tier(tier, 10**9, "cpu"))
+    assert compile_options.chunk_tier("quick", 1, "gpu") == "default"  # no tiers there
     with pytest.raises(errors.ConfigError, match="--chunk_compile must be one of"):
         compile_options.chunk_tier("fast", 1)
 
 
 def test_training_options_defer_to_disable_most_optimizations(fast_compile):
-    assert compile_options.training("cpu") == {}
+    assert compile_options.training("cpu") == {} == compile_options.training("cpu", quick=True)
+    assert compile_options.chunk_tier("quick", 1, "cpu") == "default"
 
 
 def test_seed_keys_init_and_training_chunk_match_default_level():
@@ -76,8 +80,9 @@ def test_seed_keys_init_and_training_chunk_match_default_level():
     _same(fast_state.params, default_state.params, rtol=1e-4, atol=1e-7)
     _same(fast_metrics, metrics, rtol=1e-4, atol=1e-6)
 
-    # The quick tier (no fusion emitters) too.
+    # The quick tier (no fusion emitters) too; it is another program.
     quick = learner.make_train_chunk(3, quick=True).lower(quick_state, train_keys).compile()
+    assert quick.as_text() != fast.as_text()
     for _ in range(2):
         quick_state, quick_metrics = quick(quick_state, train_keys)
     _same(quick_state.params, default_state.params, rtol=1e-4, atol=1e-7)
@@ -92,3 +97,34 @@ def test_evaluation_matches_default_level():
     lowered = evaluate.lower(state.params, key)
     _same(lowered.compile()(state.params, key),
           lowered.compile(compiler_options=DEFAULT)(state.params, key))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_resumed_run_compiles_its_chunk_in_the_tier_it_started_with(tmp_path):
+    # 16 updates of 32 env steps: auto would pick quick, the run starts optimized.
+    config = agents.default_config("ppo", "CartPole-v1", num_envs=4, rollout_len=8,
+                                   total_steps=4 * 8 * 16, num_epochs=1, num_minibatches=2)
+    settings = dict(num_devices=1, eval_episodes=2, log_points=8, checkpoint_every=4)
+    optimized = training.RunSettings(**settings, chunk_compile="optimized")
+    full = training.train(config, optimized, str(tmp_path / "full"), progress=lambda s: None)
+    assert full["chunk_tier"] == "optimized"
+
+    def crash_after_8_updates(line):
+        if line.startswith("env_steps") and int(line.split()[1]) >= 8 * config.steps_per_update:
+            raise Crash
+
+    cut = str(tmp_path / "cut")
+    with pytest.raises(Crash):
+        training.train(config, dataclasses.replace(optimized, progress_every_s=0.0), cut,
+                       progress=crash_after_8_updates)
+    with pytest.raises(errors.ConfigError, match="compiled its chunk optimized"):
+        training.train(config, training.RunSettings(**settings, resume=True,
+                                                    chunk_compile="quick"), cut)
+    resumed = training.train(config, training.RunSettings(**settings, resume=True), cut,
+                             progress=lambda s: None)  # auto: the checkpoint's tier
+    assert resumed["resumed_from"] > 0
+    assert resumed["chunk_tier"] == "optimized"
+    assert resumed["params_sha256"] == full["params_sha256"]

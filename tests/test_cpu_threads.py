@@ -143,15 +143,19 @@ def test_set_threads_sizes_the_pool_xla_creates():
 
 
 # Short runs whose automatic pool is one thread: PureJaxRL's PPO config, PPO's CartPole
-# default (minibatches of 512, the edge) and IMPALA's CartPole default (one gradient step
-# on 320 samples per update). Runs this short compile their chunk in the quick tier
-# (compile_options.chunk_tier); "ppo_optimized" checks the tier of longer runs.
+# default (minibatches of 512, the edge), IMPALA's CartPole default (one gradient step on
+# 320 samples per update) and Ape-X's. Runs this short compile their chunk in the quick
+# tier (compile_options.chunk_tier), "ppo_optimized" in the tier of longer runs; the runs
+# marked fast compile without XLA's optimizations (no tiers; the initial state still
+# compiles with the run-once options), the others as users' runs do.
 SMALL_RUNS = {
-    "ppo": ["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4", "--total_steps=8192"],
-    "ppo_optimized": ["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4",
-                      "--total_steps=8192", "--chunk_compile=optimized"],
-    "ppo_default": ["--total_steps=16384"],
-    "impala": ["--agent=impala", "--total_steps=6400"],
+    "ppo": (["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4", "--total_steps=8192"],
+            "quick"),
+    "ppo_optimized": (["--num_envs=4", "--rollout_len=128", "--lr=2.5e-4",
+                       "--total_steps=8192", "--chunk_compile=optimized"], "optimized"),
+    "ppo_default": (["--total_steps=16384"], "fast"),
+    "impala": (["--agent=impala", "--total_steps=6400"], "fast"),
+    "apex": (["--agent=apex", "--total_steps=6400", "--learning_starts=2048"], "quick"),
 }
 
 
@@ -161,13 +165,13 @@ def background_runs(items, tmp_path_factory):
                for item in items):
         return []
     jobs = []
-    for agent, args in SMALL_RUNS.items():
+    for agent, (args, tier) in SMALL_RUNS.items():
         for name, extra in (("auto", []), ("two", ["--cpu_threads=2"])):
             workdir = tmp_path_factory.mktemp(f"threads_{agent}_{name}")
             jobs.append(script_job(
                 ("cpu_threads", agent, name), TRAIN, f"--workdir={workdir}", *args,
                 "--eval_episodes=2", "--compilation_cache=", *extra, workdir=workdir,
-                fast=True,
+                fast=tier == "fast",
             ))
     return jobs
 
@@ -182,7 +186,8 @@ def test_one_thread_trains_the_same_parameters(background, agent):
         config = json.loads((workdir / "config.json").read_text())
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
         records[name] = (config["cpu_threads"], json.loads(lines[-1])["params_sha256"])
-        assert config["chunk_tier"] == ("optimized" if agent == "ppo_optimized" else "quick")
+        tier = SMALL_RUNS[agent][1]
+        assert config["chunk_tier"] == ("default" if tier == "fast" else tier)
     assert records["auto"][0] == 1
     assert records["two"][0] == 2
     assert records["auto"][1] == records["two"][1]

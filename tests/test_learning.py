@@ -42,4 +42,4 @@ def test_default_train_solves_cartpole_for_three_seeds(background, agent, min_st
     per_seed = final["eval/episode_return_per_seed"]
     assert len(per_seed) == 3
     assert min(per_seed) >= 475, per_seed
-    assert final["chunk_compile"] == default_tier(agent)
+    assert final["chunk_tier"] == default_tier(agent)

@@ -51,6 +51,17 @@ def test_adapt_kl_beta(kl, expected):
                                expected)
 
 
+def test_adapt_kl_beta_keeps_a_positive_beta_able_to_recover():
+    beta = jnp.float32(1.0)
+    for _ in range(400):  # a KL far below target for many updates: ~150 halvings reach 0
+        beta = losses.adapt_kl_beta(beta, jnp.float32(0.0), 0.01)
+    tiny = np.finfo(np.float32).tiny
+    assert tiny <= float(beta) < 2 * tiny
+    assert float(losses.adapt_kl_beta(beta, jnp.float32(1.0), 0.01)) == 2 * float(beta)
+    assert float(losses.adapt_kl_beta(jnp.float32(0.0), jnp.float32(0.0), 0.01)) == 0.0
+    assert float(losses.adapt_kl_beta(jnp.float32(0.0), jnp.float32(1.0), 0.01)) == 0.0
+
+
 def test_value_loss_clipped_and_unclipped():
     v = np.array([1.0, 3.0, -2.0], np.float32)
     v_old = np.array([0.0, 0.0, 0.0], np.float32)

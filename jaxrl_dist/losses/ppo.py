@@ -79,16 +79,23 @@ def adapt_kl_beta(beta: jax.Array, kl: jax.Array, kl_target: float) -> jax.Array
     """Adaptive KL coefficient update of section 4 (after eq. 8).
 
     If d < d_targ / 1.5: β ← β / 2; if d > 1.5 · d_targ: β ← 2β; else unchanged.
+    Not in the paper, which gives no bounds: β stops halving at the smallest normal
+    number of its dtype (float32: ~1.2e-38). Halved on every update while the KL stays
+    low (as an annealed learning rate goes to 0), β would otherwise reach exactly 0
+    after ~150 updates, and 0 never doubles back. A β of 0 stays 0 (no penalty).
 
     Args:
-      beta: current β, scalar float32.
+      beta: current β, scalar float32, >= 0.
       kl: measured mean KL d of the last policy update, scalar.
       kl_target: d_targ > 0.
 
     Returns:
-      The new β, scalar float32.
+      The new β, scalar, ``beta``'s dtype.
     """
-    beta = jnp.where(kl < kl_target / 1.5, beta / 2.0, beta)
+    beta = jnp.asarray(beta)
+    halved = beta / 2.0
+    floor = jnp.finfo(beta.dtype).tiny
+    beta = jnp.where((kl < kl_target / 1.5) & (halved >= floor), halved, beta)
     return jnp.where(kl > kl_target * 1.5, beta * 2.0, beta)
 
 

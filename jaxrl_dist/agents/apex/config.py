@@ -84,6 +84,18 @@ class ApexConfig(common.OnDeviceConfig):
                 f"--learning_starts must be <= --buffer_capacity ({self.buffer_capacity}), "
                 f"got {self.learning_starts}"
             )
+        run_steps = self.num_updates * self.steps_per_update
+        if self.learning_starts > run_steps:
+            raise errors.ConfigError(
+                f"--learning_starts must be <= the run's env steps per seed ({run_steps}, "
+                f"from --total_steps), got {self.learning_starts}: the run would end before "
+                "it learns"
+            )
+        if self.n_step > self.rollout_len:
+            raise errors.ConfigError(
+                f"--n_step must be <= --rollout_len ({self.rollout_len}): n-step returns "
+                f"stay inside one rollout, got {self.n_step}"
+            )
         return self
 
 
