@@ -232,7 +232,9 @@ def train(
     if requested == "auto" and saved_tier in ("quick", "optimized"):
         requested = saved_tier
     tier = compile_options.chunk_tier(requested, run_env_steps, learner.platform)
-    if saved_tier not in (None, tier):
+    tiers = ("quick", "optimized")  # "default": none applies (another platform, say)
+    if settings.chunk_compile != "auto" and saved_tier in tiers and tier in tiers and (
+            tier != saved_tier):
         raise errors.ConfigError(
             f"--resume: the run in {workdir} compiled its chunk {saved_tier}, "
             f"--chunk_compile={settings.chunk_compile} compiles it {tier}; leave the flag unset"

@@ -81,7 +81,6 @@ BAD_INPUTS = [
     (["--chunk_compile=fast"], "flag --chunk_compile=fast: value should be one of"),
     (["--agent=apex", "--total_steps=4096"],
      "--learning_starts must be <= the run's env steps per seed (4096"),
-    (["--agent=apex", "--n_step=9"], "--n_step must be <= --rollout_len (8)"),
     (["--no_such_flag=1"], "no_such_flag"),
     (["extra"], "unexpected arguments"),
     (["--env=gymnasium:NoSuchEnv-v0"], "'NoSuchEnv-v0' is not a registered Gymnasium id"),

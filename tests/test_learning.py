@@ -24,7 +24,8 @@ def default_tier(agent: str) -> str:
     """The chunk tier of the one-seed default command, which three seeds' env steps could
     otherwise resolve differently (``--chunk_compile=auto`` counts all seeds)."""
     config = agents.default_config(agent, "CartPole-v1")
-    return compile_options.chunk_tier("auto", config.num_updates * config.steps_per_update)
+    steps = config.num_updates * config.steps_per_update
+    return "quick" if steps <= compile_options.QUICK_CHUNK_MAX_ENV_STEPS else "optimized"
 
 
 @pytest.mark.parametrize("agent,min_steps", [

@@ -91,11 +91,6 @@ class ApexConfig(common.OnDeviceConfig):
                 f"from --total_steps), got {self.learning_starts}: the run would end before "
                 "it learns"
             )
-        if self.n_step > self.rollout_len:
-            raise errors.ConfigError(
-                f"--n_step must be <= --rollout_len ({self.rollout_len}): n-step returns "
-                f"stay inside one rollout, got {self.n_step}"
-            )
         return self
 
 
