@@ -388,7 +388,7 @@ def train(
     }
     progress(
         f"done: {env_steps} env steps/seed in {train_s:.1f}s ({summary['sps']:.0f} sps) "
-        f"+ {compile_s:.1f}s compile | greedy eval return "
+        f"+ {compile_s:.1f}s compile ({tier}) + {init_s:.1f}s initial state | greedy eval return "
         f"{summary['eval/episode_return']:.1f} (per seed: "
         f"{', '.join(f'{r:.1f}' for r in summary['eval/episode_return_per_seed'])})"
     )
