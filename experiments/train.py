@@ -84,14 +84,12 @@ def check_resume(workdir: str, config) -> None:
                 f"--resume: the run in {workdir} has {name}={saved.get(name)!r}, "
                 f"the flags give {value!r}; resume with the same settings"
             )
-    tier = saved.get("chunk_tier")  # auto resumes in it (training.train)
-    if FLAGS.chunk_compile != "auto" and tier in ("quick", "optimized") and (
-            FLAGS.chunk_compile != tier):
-        raise errors.ConfigError(
-            f"--resume: the run in {workdir} compiled its chunk {tier}, "
-            f"--chunk_compile={FLAGS.chunk_compile} compiles it {FLAGS.chunk_compile}; "
-            "leave the flag unset"
-        )
+    from jaxrl_dist import compile_options
+
+    compile_options.run_tier(  # training.train resolves it again from the checkpoint
+        FLAGS.chunk_compile, saved.get("chunk_tier"),
+        config.num_updates * config.steps_per_update * FLAGS.num_seeds,
+    )
 
 
 def main(argv):

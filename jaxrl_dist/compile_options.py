@@ -56,7 +56,7 @@ from jaxrl_dist import errors
 # 3 = XLA's default.
 _RUN_ONCE_CPU = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 _TRAINING_CPU = {"xla_backend_optimization_level": 2}
-_QUICK_TRAINING_CPU = {"xla_backend_optimization_level": 2, "xla_cpu_use_fusion_emitters": False}
+_QUICK_TRAINING_CPU = {**_TRAINING_CPU, "xla_cpu_use_fusion_emitters": False}
 
 CHUNK_TIERS = ("auto", "quick", "optimized")
 QUICK_CHUNK_MAX_ENV_STEPS = 500_000  # where the quick tier's slower steps cancel its saving
@@ -122,3 +122,28 @@ def chunk_tier(tier: str, env_steps: int, platform: str | None = None) -> str:
     if tier == "auto":
         return "quick" if env_steps <= QUICK_CHUNK_MAX_ENV_STEPS else "optimized"
     return tier
+
+
+def run_tier(tier: str, saved_tier: str | None, env_steps: int,
+             platform: str | None = None) -> str:
+    """``chunk_tier`` for a run that may resume one whose checkpoint recorded ``saved_tier``.
+
+    Args:
+      tier, env_steps, platform: as for ``chunk_tier``.
+      saved_tier: the resumed run's tier (``None``: a new run, or a checkpoint older
+        than the tiers); ``"auto"`` then takes a recorded quick or optimized.
+
+    Raises:
+      ConfigError: ``tier`` is not one of ``CHUNK_TIERS``, or names a CPU tier other
+        than the one the resumed run compiled in.
+    """
+    compiled = ("quick", "optimized")  # "default": no tier applied (another platform)
+    resolved = chunk_tier(
+        saved_tier if tier == "auto" and saved_tier in compiled else tier, env_steps, platform
+    )
+    if saved_tier in compiled and resolved in compiled and resolved != saved_tier:
+        raise errors.ConfigError(
+            f"--resume: the run compiled its chunk {saved_tier}, --chunk_compile={tier} "
+            f"compiles it {resolved}; leave the flag unset"
+        )
+    return resolved

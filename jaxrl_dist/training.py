@@ -227,18 +227,9 @@ def train(
                 )
         start_update = latest
     # A resumed run compiles its chunk as it started: auto takes the checkpoint's tier.
-    requested = settings.chunk_compile
-    saved_tier = meta.get("chunk_tier")
-    if requested == "auto" and saved_tier in ("quick", "optimized"):
-        requested = saved_tier
-    tier = compile_options.chunk_tier(requested, run_env_steps, learner.platform)
-    tiers = ("quick", "optimized")  # "default": none applies (another platform, say)
-    if settings.chunk_compile != "auto" and saved_tier in tiers and tier in tiers and (
-            tier != saved_tier):
-        raise errors.ConfigError(
-            f"--resume: the run in {workdir} compiled its chunk {saved_tier}, "
-            f"--chunk_compile={settings.chunk_compile} compiles it {tier}; leave the flag unset"
-        )
+    tier = compile_options.run_tier(
+        settings.chunk_compile, meta.get("chunk_tier"), run_env_steps, learner.platform
+    )
     chunk = chunk_size(
         num_updates, settings.log_points,
         tuple(n for n in (settings.checkpoint_every, start_update) if n),
