@@ -133,6 +133,9 @@ def run_tier(tier: str, saved_tier: str | None, env_steps: int,
       saved_tier: the resumed run's tier (``None``: a new run, or a checkpoint older
         than the tiers); ``"auto"`` then takes a recorded quick or optimized.
 
+    Returns:
+      The tier the chunk compiles in, as ``chunk_tier`` returns it.
+
     Raises:
       ConfigError: ``tier`` is not one of ``CHUNK_TIERS``, or names a CPU tier other
         than the one the resumed run compiled in.
