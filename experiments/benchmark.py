@@ -96,7 +96,7 @@ def main(argv):
         seed=FLAGS.seed, num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
         eval_episodes=1, log_points=20, progress_every_s=1e9,
         # Throughput of long runs: the quick tier that auto picks for short ones trades
-        # step speed for compile time (compile_options.py).
+        # step speed for compile time (cpu/compile_options.py).
         chunk_compile=FLAGS.chunk_compile if FLAGS["chunk_compile"].present else "optimized",
     )
     if host is not None:
@@ -104,7 +104,7 @@ def main(argv):
     runs = []
     for _ in range(FLAGS.repeats):
         t_run = time.time()
-        summary = training.train(config, settings, None, progress=lambda s: None)
+        summary = training.train(config, settings, None, log=lambda s: None)
         summary["total_s"] = time.time() - t_run
         runs.append(summary)
     best = max(runs, key=lambda r: r["sps"])
@@ -122,7 +122,7 @@ def main(argv):
         "init_s": round(best["init_s"], 2),
         "compile_s": round(best["compile_s"], 2),
         "chunk_compile": settings.chunk_compile,  # the setting
-        "chunk_tier": best["chunk_tier"],  # the tier it took (compile_options.chunk_tier)
+        "chunk_tier": best["chunk_tier"],  # the tier it took (tuning.Tuning.chunk_tier)
         "train_s": round(best["train_s"], 2),
         "run_total_s": round(best["total_s"], 2),
         "process_s": round(time.time() - t0, 2),
@@ -157,7 +157,7 @@ def main(argv):
 def machine_fields() -> dict:
     import jax
 
-    from jaxrl_dist import cpu_threads
+    from jaxrl_dist.cpu import threads as cpu_threads
 
     return {
         "backend": jax.default_backend(),

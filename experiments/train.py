@@ -66,7 +66,7 @@ def check_workdir_writable(workdir: str) -> None:
 
 def check_resume(workdir: str, config) -> None:
     """Raises ConfigError unless ``workdir`` holds a run made with this config and seed
-    (and, if ``--chunk_compile`` names a tier, compiled in that tier)."""
+    (how it compiled does not matter: a run resumes under any tier or backend)."""
     import dataclasses
 
     from jaxrl_dist import writers
@@ -84,12 +84,6 @@ def check_resume(workdir: str, config) -> None:
                 f"--resume: the run in {workdir} has {name}={saved.get(name)!r}, "
                 f"the flags give {value!r}; resume with the same settings"
             )
-    from jaxrl_dist import compile_options
-
-    compile_options.run_tier(  # training.train resolves it again from the checkpoint
-        FLAGS.chunk_compile, saved.get("chunk_tier"),
-        config.num_updates * config.steps_per_update * FLAGS.num_seeds,
-    )
 
 
 def main(argv):
@@ -136,7 +130,7 @@ def main(argv):
     except errors.ConfigError as e:
         cli.fail(str(e))
 
-    from jaxrl_dist import training
+    from jaxrl_dist import training, tuning
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
     if FLAGS.overwrite and os.path.exists(workdir) and distributed.is_primary():
@@ -169,11 +163,11 @@ def main(argv):
     progress = lambda s: print(s, flush=True)
     try:
         if host is None:
-            training.train(config, settings, workdir, progress=progress)
+            training.train(config, settings, workdir, log=progress)
         else:
             from jaxrl_dist import host_training
 
-            host_training.train_host(config, settings, host, workdir, progress=progress)
+            host_training.train_host(config, settings, host, workdir, log=progress)
     except errors.ConfigError as e:
         cli.fail(str(e))
     except errors.NonFiniteError as e:
@@ -195,36 +189,16 @@ def main(argv):
             + ("; the last periodic whole-run checkpoint is in checkpoints/ (--resume)"
                if resumable else "") + "\n"
         )
-        # Threads joined, checkpoint and metrics written and closed: nothing is left to
-        # do, so skip the interpreter's teardown (atexit hooks, GC passes over the heap
-        # of jax/flax/orbax, ~1 CPU-s), which on a loaded 2-core machine took > 9 s and
-        # made Ctrl-C miss its 10 s bound.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130 if interrupted else 1)
+        # Threads joined, checkpoint and metrics written and closed: on CPU skip the
+        # interpreter's teardown (cpu/process_exit.py).
+        code = 130 if interrupted else 1
+        tuning.exit_process(code)
+        sys.exit(code)
     if primary:
         print(f"wrote metrics.jsonl, config.json, checkpoints/, checkpoint/, "
               f"learning_curve.png to {workdir}")
     if distributed.process_count() == 1:
-        exit_without_finalizing(0)
-
-
-def exit_without_finalizing(code: int) -> None:
-    """Ends a finished single-process run: atexit handlers, flushes, then ``os._exit``.
-
-    Everything is written and closed by now; what this skips is the interpreter's
-    finalization (freeing the modules and objects of jax, flax and orbax), which took
-    ~0.6 s after the atexit handlers (0.04 s) of a default run on the 2-core CPU VM
-    (2026-12-02, timestamps around a ``runpy`` of this script).
-    """
-    import atexit
-    import logging as std_logging
-
-    atexit._run_exitfuncs()
-    std_logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        tuning.exit_process(0)  # on CPU: without the interpreter's teardown
 
 
 if __name__ == "__main__":

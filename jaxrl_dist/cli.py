@@ -106,16 +106,17 @@ def define_agent_flags() -> None:
     )
     flags.DEFINE_enum(
         "chunk_compile", "auto", ["auto", "quick", "optimized"],
-        "CPU: how the training chunk compiles. quick skips XLA's fusion emitters "
-        "(~1.5-2 s less compile, 20-40 % slower steps), optimized keeps them, auto: quick "
-        "for runs of at most 5e5 env steps over all seeds (compile_options.py). "
-        "benchmark.py defaults to optimized.",
+        "CPU only: how the on-device training chunk compiles. quick skips XLA's fusion "
+        "emitters (shorter compile, slower steps), optimized keeps them, auto: quick for "
+        "runs of at most 5e5 env steps over all seeds (cpu/compile_options.py). Not part "
+        "of a run's identity: --resume works under any tier. benchmark.py defaults to "
+        "optimized.",
     )
     flags.DEFINE_integer(
         "cpu_threads", None,
-        "Threads of XLA's CPU intra-op pool (PJRT_NPROC). Default: PJRT_NPROC/NPROC if "
-        "set, else 1 for small PPO MLP configs on one CPU device (faster there, see "
-        "cpu_threads.py), else one per core.",
+        "CPU only: threads of XLA's CPU intra-op pool (PJRT_NPROC). Default: "
+        "PJRT_NPROC/NPROC if set, else 1 for small MLP configs on one CPU device (faster "
+        "there, see cpu/threads.py), else one per core.",
     )
 
 
@@ -171,7 +172,8 @@ def configure_cpu_threads(multi_process: bool = False) -> int | None:
     Raises:
       ConfigError: ``--cpu_threads`` < 1.
     """
-    from jaxrl_dist import agents, cpu_threads
+    from jaxrl_dist import agents
+    from jaxrl_dist.cpu import threads as cpu_threads
     from jaxrl_dist.envs import gymnasium_env
 
     check_positive(cpu_threads=FLAGS.cpu_threads)

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import compile_options
 from jaxrl_dist.envs import gymnax_env
 
 
@@ -22,8 +21,11 @@ def make_evaluator(
     policy_apply: Callable[[Any, jax.Array], Any],
     mode_fn: Callable[[Any], jax.Array],
     num_episodes: int,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Callable[[Any, jax.Array], jax.Array]:
     """Returns a jitted ``(params[S], key) -> returns [S, num_episodes]`` (float32).
+
+    ``compiler_options``: XLA options of the program (``tuning.Tuning.run_once_options``).
 
     ``params`` carry a leading seed axis ``S``; every seed is evaluated on the
     same ``num_episodes`` initial states drawn from ``key``.
@@ -48,7 +50,7 @@ def make_evaluator(
         return returns
 
     return jax.jit(
-        jax.vmap(evaluate_one, in_axes=(0, None)), compiler_options=compile_options.run_once()
+        jax.vmap(evaluate_one, in_axes=(0, None)), compiler_options=compiler_options or {}
     )
 
 

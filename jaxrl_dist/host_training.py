@@ -21,12 +21,10 @@ captured). Checkpoints are also log points.
 """
 
 import dataclasses
-import os
 import queue
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -34,21 +32,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_dist import (
+    agents,
     checkpoint,
     distributed,
     errors,
     evaluation,
     host_checkpoint,
     parallel,
+    tuning,
     types,
     writers,
 )
-from jaxrl_dist import training as training_lib
 from jaxrl_dist.actors import host_actor
 from jaxrl_dist.actors import param_server as param_server_lib
-from jaxrl_dist.agents import AGENTS, common, host_learner
+from jaxrl_dist.agents import common, host_learner
 from jaxrl_dist.envs import gymnasium_env
-from jaxrl_dist.training import RunSettings, checkpoint_period, read_history
+from jaxrl_dist.run import files, shell
+from jaxrl_dist.run.progress import ProgressFn
+from jaxrl_dist.run.settings import RunSettings
 
 JOIN_TIMEOUT_S = 5.0
 
@@ -202,43 +203,6 @@ def _run_meta(config, settings: RunSettings, host: HostSettings, num_processes: 
     }
 
 
-def _restore(checkpointer, learner, init_key, run_meta: dict, workdir: str | None):
-    """``((state, behaviour_params, actor_states), meta)`` of the latest checkpoint.
-
-    Raises:
-      ConfigError: no checkpoint, or one made with another config or layout.
-    """
-    latest = checkpointer.latest_step() if checkpointer else None
-    if latest is None:
-        raise errors.ConfigError(f"--resume: no checkpoint in {workdir}/checkpoints")
-    meta = checkpointer.meta(latest)  # checked before any array is read
-    for name, value in run_meta.items():
-        saved = meta.get(name)
-        if saved == value:
-            continue
-        if isinstance(value, dict) and isinstance(saved, dict):
-            diff = ", ".join(f"{k}={saved.get(k)!r} (now {value.get(k)!r})"
-                             for k in sorted(value.keys() | saved.keys())
-                             if saved.get(k) != value.get(k))
-            raise errors.ConfigError(
-                f"--resume: the checkpoint in {workdir} was made with {name} {diff}"
-            )
-        raise errors.ConfigError(
-            f"--resume: the checkpoint in {workdir} was made with {name}={saved!r} "
-            f"(now {value!r})"
-        )
-    abstract = training_lib.abstract_state(learner, init_key)
-    try:
-        state, behaviour, actors, meta = host_checkpoint.restore(
-            checkpointer, latest, abstract, abstract.params
-        )
-    except (ValueError, KeyError) as e:
-        raise errors.ConfigError(
-            f"--resume: the checkpoint in {workdir} does not fit this run: {e}"
-        ) from None
-    return (state, behaviour, actors), meta
-
-
 def _wait_for(get: Callable[[float], Any], threads, index: int, stop: threading.Event,
               stall_s: float, what: str) -> Any:
     """``get(timeout)``'s first non-``None`` value, polled every ``WAIT_S`` s.
@@ -287,7 +251,8 @@ def train_host(
     settings: RunSettings,
     host: HostSettings,
     workdir: str | None = None,
-    progress: Callable[[str], None] = print,
+    log: Callable[[str], None] = print,
+    progress_fn: ProgressFn | None = None,
     make_env: Callable | None = None,
 ) -> dict[str, Any]:
     """Trains ``config.agent`` on ``config.env`` (``gymnasium:<id>``) with host actors.
@@ -295,280 +260,319 @@ def train_host(
     Args:
       config: the agent's config; ``num_envs`` is replaced by the actor layout's.
       settings: seed, evaluation, logging and checkpoint settings (``num_seeds`` must
-        be 1; ``checkpoint_every`` and ``resume`` as in ``training.train``).
+        be 1; ``chunk_compile`` does not apply).
       host: the actor/learner layout.
-      workdir: where metrics.jsonl, config.json, checkpoint/ and the plot go.
-      progress: receives one-line progress messages.
+      workdir: where the run's files go (``None``: nothing is written).
+      log: receives one-line messages.
+      progress_fn: ``(env_steps, metrics)`` at every log point (default: a console line).
       make_env: ``(ActorSettings, seed) -> VectorEnv``-like factory (tests).
 
     Returns:
-      A summary dict as ``training.train``'s (``resumed_from`` included), plus
+      ``shell.run``'s summary (``resumed_from`` included), plus ``compile_s``,
       ``actor_env_steps`` (all steps the actors took, counted from the run's start),
-      ``env_faults`` and ``policy_lag/*`` (over the whole run).
+      ``env_faults``, ``policy_lag/*`` (over the whole run) and ``state`` (the
+      learner's final ``HostState``).
 
     Raises:
       ConfigError: bad settings, or ``resume`` finds no checkpoint or one made with
         another config or actor layout (before anything compiles).
-      ActorError: an actor thread failed or stalled (threads joined, checkpoint saved).
-      KeyboardInterrupt: on Ctrl-C (threads joined, checkpoint saved).
+      ActorError: an actor thread failed or stalled (threads joined, parameters of the
+        last finished update saved in checkpoint/).
+      NonFiniteError: a NaN/inf (the last finite parameters saved in checkpoint/).
+      KeyboardInterrupt: on Ctrl-C (threads joined, parameters saved in checkpoint/).
     """
-    t_start = time.time()
-    if settings.num_seeds != 1:
-        raise errors.ConfigError(
-            f"--num_seeds must be 1 with host actors (--env={config.env}), got {settings.num_seeds}"
-        )
-    # Several processes: each runs the same layout on its own (local) devices; device
-    # indices in ``host`` are local; the learner mesh spans every process's learners.
-    num_processes, process = jax.process_count(), jax.process_index()
-    if process != 0:
-        progress = lambda s: None  # noqa: E731
-    host = host.resolve(jax.local_device_count())
-    config = host_config(config, host, num_processes).validate(
-        len(host.learner_devices) * num_processes
-    )
-    spec = gymnasium_env.make_spec(config.env)
-    mesh = parallel.process_mesh(host.learner_devices)
-    learner = host_learner.HostLearner(config, mesh, spec)
-    agent = learner.agent
-    devices = jax.local_devices()
-    actor_devices = [devices[i] for i in host.actor_devices]
-    num_updates = config.num_updates
-    log_every = max(1, num_updates // max(1, settings.log_points))
-    if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
-        raise errors.ConfigError(
-            f"--checkpoint_every must be >= 1 update, got {settings.checkpoint_every}"
-        )
-    every = checkpoint_period(num_updates, 1, settings.checkpoint_every, config.steps_per_update)
+    path = HostPath(config, settings, host, log, make_env)
+    summary = shell.run(path, settings, workdir, log, progress_fn)
+    return dict(summary, state=path.state)
 
-    def is_checkpoint(updates: int) -> bool:  # also a log point and an actor snapshot
-        return 0 < updates <= num_updates and (updates % every == 0 or updates == num_updates)
 
-    init_key, train_key = jax.random.split(jax.random.key(settings.seed))
-    run_meta = _run_meta(config, settings, host, num_processes)
-    checkpointer = checkpoint.RunCheckpointer(os.path.join(workdir, "checkpoints")) if (
-        workdir) else None
-    start_update, resumed, meta = 0, None, {}
-    if settings.resume:
-        resumed, meta = _restore(checkpointer, learner, init_key, run_meta, workdir)
-        start_update = meta["updates"]
-    history = read_history(workdir, start_update * config.steps_per_update) if (
-        resumed) else []
-    writer = writers.MetricsWriter(
-        workdir, history if resumed else None,
-        purge_step=start_update * config.steps_per_update + 1 if resumed else None,
-        wandb_project=settings.wandb_project,
-        config=dict(dataclasses.asdict(config), agent=config.agent, seed=settings.seed),
-    ) if workdir and process == 0 else None
-    if writer:
-        writers.write_config(
-            workdir, config, agent=config.agent, acting="host",
-            **{k: v for k, v in dataclasses.asdict(settings).items()
-               if k != "chunk_compile"},  # the on-device chunk's setting
-            **{f"host_{k}": v for k, v in dataclasses.asdict(host).items()},
-            backend=jax.default_backend(), num_processes=num_processes,
-        )
+class HostPath:
+    """The host-actor acting path of ``shell.run`` (``shell.ActingPath``).
 
-    state = resumed[0] if resumed else learner.init(init_key)
-    act_fn = agent.host_act_fn()
-    finish_fn = jax.jit(agent.actor_batch) if agent.actor_batch is not None else None
+    Actor threads are made in ``prepare``, started by ``log_points`` and joined by
+    ``close``. Rollout ``u`` of every thread feeds update ``u``; checkpoints hold the
+    learner state, the behaviour parameters and every thread's state at the start of
+    its next rollout.
 
-    t_compile = time.time()
-    transition = _transition_shapes(
-        spec, act_fn, state.params, config.rollout_len, host.envs_per_thread
-    )
-    env_ids = np.arange(host.envs_per_thread, dtype=np.int32)
-    sent = transition if finish_fn is None else jax.eval_shape(
-        finish_fn, state.params, transition, env_ids
-    )
-    shapes = jax.tree.map(  # [T, B_thread * num_processes, ...]: one thread of each process
-        lambda x: jax.ShapeDtypeStruct(
-            (x.shape[0], x.shape[1] * num_processes, *x.shape[2:]), x.dtype,
-            sharding=learner.traj_sharding,
-        ),
-        sent,
-    )
-    update = learner.compile_update(state, (shapes,) * host.num_threads, train_key)
-    for device in actor_devices:  # compile (and cache) the actors' steps on each actor device
-        on_device = lambda x, d=device: jax.device_put(x, d)
-        params = on_device(_local(state.params))
-        jax.block_until_ready(act_fn(
-            params, on_device(np.zeros((host.envs_per_thread, *spec.obs_shape), np.float32)),
-            on_device(jax.random.key(0)), on_device(env_ids),
-        ))
-        if finish_fn is not None:
-            zeros = jax.tree.map(
-                lambda x, put=on_device: put(np.zeros(x.shape, x.dtype)), transition
+    Raises:
+      ConfigError: bad settings or layout.
+    """
+
+    saves_on_interrupt = False  # a whole-run checkpoint needs the actors' snapshots
+
+    def __init__(self, config, settings: RunSettings, host: HostSettings, log,
+                 make_env: Callable | None = None):
+        if settings.num_seeds != 1:
+            raise errors.ConfigError(
+                f"--num_seeds must be 1 with host actors (--env={config.env}), got "
+                f"{settings.num_seeds}"
             )
-            jax.block_until_ready(finish_fn(params, zeros, on_device(env_ids)))
-    compile_s = time.time() - t_compile
-    progress(
-        f"compiled in {compile_s:.1f}s: {num_updates} updates of {config.steps_per_update} env "
-        f"steps; {host.num_threads} actor thread(s) x {host.envs_per_thread} envs on device(s) "
-        f"{list(host.actor_devices)}, learner on {list(host.learner_devices)}"
-        + (f", resumed at update {start_update}" if resumed else "")
-    )
-
-    server = param_server_lib.ParamServer(keep=2)
-    behaviour = state.params  # version max(u - 1, 0): what rollout u acts with (deterministic)
-    if resumed:
-        behaviour = resumed[1]
-        server.publish(start_update - 1, _local(behaviour))
-    server.publish(start_update, _local(state.params))
-    stop = threading.Event()
-    queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
-    actor_settings = host_actor.ActorSettings(
-        config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
-        host.deterministic, settings.seed, host.param_refresh_steps,
-    )
-    starts = resumed[2][process * host.num_threads:(process + 1) * host.num_threads] if (
-        resumed) else [None] * host.num_threads
-    threads = [
-        host_actor.ActorThread(  # global thread index: seeds, env ids, keys
-            process * host.num_threads + k, actor_settings,
-            actor_devices[k // host.actor_threads], act_fn, server, queues[k],
-            _to_learner(learner.traj_sharding, num_processes), stop, make_env, finish_fn,
-            snapshot_at=is_checkpoint if checkpointer else None, start=starts[k],
+        # Several processes: each runs the same layout on its own (local) devices; device
+        # indices in ``host`` are local; the learner mesh spans every process's learners.
+        self.num_processes, self.process = jax.process_count(), jax.process_index()
+        self.primary = self.process == 0
+        self.host = host = host.resolve(jax.local_device_count())
+        self.config = config = host_config(config, host, self.num_processes).validate(
+            len(host.learner_devices) * self.num_processes
         )
-        for k in range(host.num_threads)
-    ]
-    lags = _LagStats(*meta.get("policy_lag", ()))
-    wall_offset = float(meta.get("wall_s", 0.0))
-    last_saved = start_update if resumed else None
-    finished = False
-    all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
-        [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
-    )))
-    good = (start_update, state.params)  # (update, params): last log point with finite values
-    t_train = time.time()
-    for thread in threads:
-        thread.start()
-    try:
-        interval = _Interval()
-        t_last_log, t_last_print = t_train, 0.0
-        for u in range(start_update, num_updates):
-            t0 = time.perf_counter()
-            rollouts = [
-                _get_rollout(queues[k], stop, threads, k, host.stall_timeout_s)
-                for k in range(host.num_threads)
-            ]
-            t1 = time.perf_counter()
-            previous = state.params
-            state, metrics = update(state, tuple(r.traj for r in rollouts), train_key)
-            server.publish(u + 1, _local(state.params))
-            jax.block_until_ready(metrics)
-            behaviour = previous if host.deterministic else state.params
-            interval.timings["learner_queue_wait_s"] += t1 - t0
-            interval.timings["update_s"] += time.perf_counter() - t1
-            for r in rollouts:
-                interval.add_rollout(r, u)
-            interval.metrics.append(metrics)
-            if (u + 1) % log_every and u + 1 < num_updates and not is_checkpoint(u + 1):
+        self.settings, self.log, self.make_env = settings, log, make_env
+        self.spec = gymnasium_env.make_spec(config.env)
+        mesh = parallel.process_mesh(host.learner_devices)
+        agent = agents.make_agent(config, self.spec, mesh.size, tuning.for_mesh(mesh))
+        self.fns = agent.functions()
+        self.learner = host_learner.HostLearner(self.fns, mesh)
+        self.num_seeds = 1
+        self.num_updates, self.steps_per_update = config.num_updates, config.steps_per_update
+        self.title = f"{agents.AGENTS[config.agent].title} on {config.env} (host actors)"
+        self.identity = _run_meta(config, settings, host, self.num_processes)
+        self.init_key, self.train_key = jax.random.split(jax.random.key(settings.seed))
+        self.state = self.behaviour = None
+        self.actor_starts = [None] * host.num_threads
+        self.lags = _LagStats()
+        self.newest_updates = 0
+        self.threads: list[host_actor.ActorThread] = []
+        self.stop = threading.Event()
+        self.server = param_server_lib.ParamServer(keep=2)
+
+    def config_record(self) -> dict[str, Any]:
+        settings = {k: v for k, v in dataclasses.asdict(self.settings).items()
+                    if k != "chunk_compile"}  # the on-device chunk's setting
+        return dict(
+            acting="host", **settings,
+            **{f"host_{k}": v for k, v in dataclasses.asdict(self.host).items()},
+            backend=jax.default_backend(), num_processes=self.num_processes,
+        )
+
+    def restore(self, checkpointer, step: int) -> None:
+        abstract = files.abstract_state(
+            self.learner.init, (self.init_key,), self.learner.state_shardings
+        )
+        try:
+            self.state, self.behaviour, actors, meta = host_checkpoint.restore(
+                checkpointer, step, abstract, abstract.params
+            )
+        except (ValueError, KeyError) as e:
+            raise errors.ConfigError(
+                f"--resume: the checkpoint in {checkpointer.directory} does not fit this "
+                f"run: {e}"
+            ) from None
+        threads = self.host.num_threads
+        self.actor_starts = actors[self.process * threads:(self.process + 1) * threads]
+        self.lags = _LagStats(*meta.get("policy_lag", ()))
+        self.newest_updates = step
+
+    def chunk(self, start_update: int) -> int:
+        del start_update
+        return 1
+
+    def prepare(self, start_update: int, every: int, saving: bool) -> dict[str, Any]:
+        if self.state is None:
+            self.state = self.learner.init(self.init_key)
+            self.behaviour = self.state.params  # what rollout u acts with: version u - 1
+        t0 = time.time()
+        self._compile()
+        compile_s = time.time() - t0
+        host = self.host
+        self.log(
+            f"compiled in {compile_s:.1f}s: {self.num_updates} updates of "
+            f"{self.steps_per_update} env steps; {host.num_threads} actor thread(s) x "
+            f"{host.envs_per_thread} envs on device(s) {list(host.actor_devices)}, learner "
+            f"on {list(host.learner_devices)}"
+            + (f", resumed at update {start_update}" if start_update else "")
+        )
+        if start_update:
+            self.server.publish(start_update - 1, _local(self.behaviour))
+        self.server.publish(start_update, _local(self.state.params))
+        self.every = every
+        self.threads = self._make_threads(saving)
+        return {"compile_s": compile_s}
+
+    def _compile(self) -> None:
+        """Compiles the learner's update and (on every actor device) the actors' steps."""
+        host, num_processes = self.host, self.num_processes
+        self.finish_fn = jax.jit(self.fns.actor_step) if self.fns.actor_step else None
+        transition = _transition_shapes(
+            self.spec, self.fns.act, self.state.params, self.config.rollout_len,
+            host.envs_per_thread,
+        )
+        env_ids = np.arange(host.envs_per_thread, dtype=np.int32)
+        sent = transition if self.finish_fn is None else jax.eval_shape(
+            self.finish_fn, self.state.params, transition, env_ids
+        )
+        shapes = jax.tree.map(  # [T, B_thread * num_processes, ...]: one thread per process
+            lambda x: jax.ShapeDtypeStruct(
+                (x.shape[0], x.shape[1] * num_processes, *x.shape[2:]), x.dtype,
+                sharding=self.learner.traj_sharding,
+            ),
+            sent,
+        )
+        self.update = self.learner.compile_update(
+            self.state, (shapes,) * host.num_threads, self.train_key
+        )
+        devices = jax.local_devices()
+        for device in (devices[i] for i in host.actor_devices):
+            put = lambda x, d=device: jax.device_put(x, d)
+            params = put(_local(self.state.params))
+            obs = np.zeros((host.envs_per_thread, *self.spec.obs_shape), np.float32)
+            jax.block_until_ready(
+                self.fns.act(params, put(obs), put(jax.random.key(0)), put(env_ids))
+            )
+            if self.finish_fn is not None:
+                zeros = jax.tree.map(lambda x, p=put: p(np.zeros(x.shape, x.dtype)), transition)
+                jax.block_until_ready(self.finish_fn(params, zeros, put(env_ids)))
+
+    def _make_threads(self, saving: bool) -> list[host_actor.ActorThread]:
+        host, config = self.host, self.config
+        devices = jax.local_devices()
+        self.queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
+        actor_settings = host_actor.ActorSettings(
+            config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
+            host.deterministic, self.settings.seed, host.param_refresh_steps,
+        )
+        return [
+            host_actor.ActorThread(  # global thread index: seeds, env ids, keys
+                self.process * host.num_threads + k, actor_settings,
+                devices[host.actor_devices[k // host.actor_threads]], self.fns.act,
+                self.server, self.queues[k],
+                _to_learner(self.learner.traj_sharding, self.num_processes), self.stop,
+                self.make_env, self.finish_fn,
+                snapshot_at=self._is_checkpoint if saving else None,
+                start=self.actor_starts[k],
+            )
+            for k in range(host.num_threads)
+        ]
+
+    def _is_checkpoint(self, updates: int) -> bool:  # also a log point and an actor snapshot
+        return 0 < updates <= self.num_updates and (
+            updates % self.every == 0 or updates == self.num_updates)
+
+    def _is_log_point(self, updates: int) -> bool:
+        log_every = max(1, self.num_updates // max(1, self.settings.log_points))
+        return updates % log_every == 0 or updates == self.num_updates or (
+            self._is_checkpoint(updates))
+
+    def log_points(self, start_update: int, every: int) -> Iterator[shell.LogPoint]:
+        """Per update: one rollout from every thread, the compiled update, the new
+        parameters published; at log points the interval's record."""
+        del every
+        for thread in self.threads:
+            thread.start()
+        self.good = (start_update, self.state.params)  # last log point with finite values
+        all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
+            [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+        )))
+        interval, t_last = _Interval(), time.time()
+        for u in range(start_update, self.num_updates):
+            self._update(u, interval)
+            if not self._is_log_point(u + 1):
                 continue
             now = time.time()
-            interval.actor_env_steps = sum(t.env_steps for t in threads)
-            interval.env_faults = sum(t.env_faults for t in threads)
-            if num_processes > 1:
+            interval.actor_env_steps = sum(t.env_steps for t in self.threads)
+            interval.env_faults = sum(t.env_faults for t in self.threads)
+            if self.num_processes > 1:
                 _gather_interval(interval)
-            record = _record(
-                interval, (u + 1) * config.steps_per_update, wall_offset + now - t_start,
-                now - t_last_log,
-            )
-            lags.add(interval.lags)
-            _check_finite(interval, u + 1, bool(all_finite(state.params)), good[0])
-            good = (u + 1, state.params)
-            interval, t_last_log = _Interval(), now
-            history.append(record)
-            if writer:
-                writer.write(record)
-            if now - t_last_print >= settings.progress_every_s or u + 1 == num_updates:
-                t_last_print = now
-                progress(
-                    f"env_steps {record['env_steps']:>10d} | sps {record['sps']:>9.0f} | "
-                    f"return {record['train/episode_return']:8.2f} | lag "
-                    f"{record['policy_lag/mean']:.2f} | wall {record['wall_s']:6.1f}s"
-                )
-            if checkpointer and is_checkpoint(u + 1):
-                actor_states = [
-                    _snapshot(threads, k, u + 1, stop, host.stall_timeout_s)
-                    for k in range(host.num_threads)
-                ]
-                host_checkpoint.save(checkpointer, u + 1, state, behaviour, actor_states, dict(
-                    run_meta, updates=u + 1, env_steps=(u + 1) * config.steps_per_update,
-                    wall_s=wall_offset + time.time() - t_start, policy_lag=list(lags),
-                ))
-                last_saved = u + 1
-        finished = True
-    except KeyboardInterrupt:
-        progress("interrupted: " + (
-            f"last checkpoint: update {last_saved} in {checkpointer.directory} (--resume)"
-            if last_saved else "no checkpoint was saved"))
-        raise
-    finally:
-        stop.set()
-        server.close()
+            record = _record(interval, (u + 1) * self.steps_per_update, now - t_last)
+            self.lags.add(interval.lags)
+            guard = (interval, bool(all_finite(self.state.params)))
+            yield shell.LogPoint(u + 1, record, self._is_checkpoint(u + 1), guard)
+            interval, t_last = _Interval(), now
+
+    def _update(self, u: int, interval: "_Interval") -> None:
+        """Update ``u``: waits for rollout ``u`` of every thread, learns, publishes ``u + 1``."""
+        host = self.host
+        t0 = time.perf_counter()
+        rollouts = [
+            _get_rollout(self.queues[k], self.stop, self.threads, k, host.stall_timeout_s)
+            for k in range(host.num_threads)
+        ]
+        t1 = time.perf_counter()
+        previous = self.state.params
+        self.state, metrics = self.update(
+            self.state, tuple(r.traj for r in rollouts), self.train_key
+        )
+        self.server.publish(u + 1, _local(self.state.params))
+        jax.block_until_ready(metrics)
+        self.newest_updates = u + 1
+        self.behaviour = previous if host.deterministic else self.state.params
+        interval.timings["learner_queue_wait_s"] += t1 - t0
+        interval.timings["update_s"] += time.perf_counter() - t1
+        for r in rollouts:
+            interval.add_rollout(r, u)
+        interval.metrics.append(metrics)
+
+    def pending(self) -> list[shell.LogPoint]:
+        return []  # a log point is recorded as soon as it is made
+
+    def check_finite(self, point: shell.LogPoint, where: str) -> None:
+        del where  # the last finite parameters are saved in checkpoint/ on failure
+        interval, params_finite = point.guard
+        _check_finite(interval, point.updates, params_finite, self.good[0])
+        self.good = (point.updates, self.state.params)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"policy_lag": list(self.lags)}
+
+    def save(self, checkpointer, updates: int, meta: dict[str, Any]) -> None:
+        actor_states = [
+            _snapshot(self.threads, k, updates, self.stop, self.host.stall_timeout_s)
+            for k in range(self.host.num_threads)
+        ]
+        host_checkpoint.save(
+            checkpointer, updates, self.state, self.behaviour, actor_states, meta
+        )
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
         deadline = time.monotonic() + JOIN_TIMEOUT_S  # for all threads together
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if checkpointer:
-            checkpointer.close()
-        if not finished and writer:
-            # The last finished update's parameters (after a non-finite value: those of
-            # the last log point where everything was finite): loadable and good. Saved
-            # by the primary alone (a failing run's peers may never reach a save).
-            bad = isinstance(sys.exc_info()[1], errors.NonFiniteError)
-            checkpoint.save_params(
-                os.path.join(workdir, "checkpoint"),
-                jax.device_get(_local(good[1] if bad else state.params)), this_process_only=True,
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def failure_params(self, nonfinite: bool) -> Any:
+        """The last finished update's parameters (after a non-finite value: those of
+        the last log point where everything was finite). Saved by the primary alone (a
+        failing run's peers may never reach a save)."""
+        if self.state is None:
+            return None
+        params = self.good[1] if nonfinite and hasattr(self, "good") else self.state.params
+        return jax.device_get(_local(params))
+
+    def evaluate(self) -> np.ndarray:
+        params = jax.device_get(_local(self.state.params))
+        returns = evaluation.evaluate_on_host(
+            self.config.env, self.fns.policy, self.fns.mode, params,
+            self.settings.eval_episodes, self.settings.seed + 2**30,
+            self.spec.max_episode_steps,
+        )
+        return np.asarray(returns)[None]
+
+    def final_params(self) -> tuple[Any, Any]:
+        params = jax.device_get(_local(self.state.params))
+        if self.num_processes > 1:
+            distributed.check_same_everywhere(
+                checkpoint.params_sha256(params), "params_sha256"
             )
-            writer.close()
-    train_s = time.time() - t_train
-    env_steps = num_updates * config.steps_per_update
-    run_steps = env_steps - start_update * config.steps_per_update
+        return params, self.state.params
 
-    params = jax.device_get(_local(state.params))
-    sha = checkpoint.params_sha256(params)
-    actor_totals = np.array([sum(t.env_steps for t in threads),
-                             sum(t.env_faults for t in threads)], np.int64)
-    if num_processes > 1:
-        from jax.experimental import multihost_utils
+    def summary_extras(self, run_steps: int) -> dict[str, Any]:
+        del run_steps
+        totals = np.array([sum(t.env_steps for t in self.threads),
+                           sum(t.env_faults for t in self.threads)], np.int64)
+        if self.num_processes > 1:
+            from jax.experimental import multihost_utils
 
-        distributed.check_same_everywhere(sha, "params_sha256")
-        actor_totals = np.asarray(multihost_utils.process_allgather(actor_totals)).sum(axis=0)
-    eval_returns = evaluation.evaluate_on_host(
-        config.env, agent.policy, agent.dist.mode, params,
-        settings.eval_episodes, settings.seed + 2**30, spec.max_episode_steps,
-    )
-    summary = {
-        "env_steps": env_steps,
-        "actor_env_steps": int(actor_totals[0]),
-        "wall_s": wall_offset + time.time() - t_start,
-        "compile_s": compile_s,
-        "train_s": train_s,
-        "sps": run_steps / train_s if run_steps else float("nan"),
-        "eval/episode_return": float(eval_returns.mean()),
-        "eval/episode_return_per_seed": eval_returns.mean(keepdims=True),
-        "eval/episode_return_std_over_seeds": 0.0,
-        "env_faults": int(actor_totals[1]),
-        **lags.summary(),
-        "params_sha256": sha,
-    }
-    progress(
-        f"done: {env_steps} env steps in {train_s:.1f}s ({summary['sps']:.0f} sps) + "
-        f"{compile_s:.1f}s compile | policy lag mean {summary['policy_lag/mean']:.2f} | "
-        f"env faults {summary['env_faults']} | greedy eval return "
-        f"{summary['eval/episode_return']:.1f}"
-    )
-    if workdir:  # every process joins the save of the (global) parameters
-        checkpoint.save_params(os.path.join(workdir, "checkpoint"), state.params)
-    if writer:
-        writer.write(summary)
-        writer.close()
-        steps = np.array([h["env_steps"] for h in history])
-        curve = np.array([[h["train/episode_return"]] for h in history], dtype=np.float64)
-        title = f"{AGENTS[config.agent].title} on {config.env} (host actors)"
-        writers.plot_learning_curve(workdir, steps, curve, title)
-    return dict(summary, **{"eval/returns": eval_returns[None], "params": params,
-                            "history": history, "state": state, "resumed_from": start_update})
+            totals = np.asarray(multihost_utils.process_allgather(totals)).sum(axis=0)
+        return {"actor_env_steps": int(totals[0]), "env_faults": int(totals[1]),
+                **self.lags.summary()}
+
+    def done_text(self, summary: dict[str, Any]) -> str:
+        return (f"{summary['compile_s']:.1f}s compile | policy lag mean "
+                f"{summary['policy_lag/mean']:.2f} | env faults {summary['env_faults']}")
+
+    def curve(self, history: list[dict[str, Any]]) -> np.ndarray:
+        return np.array([[h["train/episode_return"]] for h in history], dtype=np.float64
+                        ).reshape(len(history), 1)
 
 
 def _local(tree: Any) -> Any:
@@ -624,13 +628,12 @@ def _check_finite(interval: _Interval, done_updates: int, params_finite: bool,
         )
 
 
-def _record(interval: _Interval, env_steps: int, wall_s: float, dt: float) -> dict:
+def _record(interval: _Interval, env_steps: int, dt: float) -> dict:
     host_metrics = jax.device_get(interval.metrics)
     returns, lengths, count = interval.episodes
     record = {
         "env_steps": env_steps,
         "actor_env_steps": interval.actor_env_steps,
-        "wall_s": wall_s,
         "sps": interval.env_steps / dt,
         "train/episode_return": returns / count if count else float("nan"),
         "train/episode_length": lengths / count if count else float("nan"),

@@ -6,7 +6,7 @@ the values of a whole rollout are computed in one batched call afterwards.
 Observations of any shape are flattened to ``[..., prod(obs_shape)]``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -14,17 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import distributions, initializers, matmul
+from jaxrl_dist import distributions, initializers
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 _SQRT2 = float(np.sqrt(2.0))
 
 
-def _dense(size: int, scale: float) -> nn.Dense:
-    """A Dense layer with orthogonal(``scale``) init and ``matmul``'s CPU-friendly backward."""
-    return nn.Dense(
-        size, kernel_init=initializers.orthogonal(scale), dot_general=matmul.dense_dot_general
-    )
+def _dense(size: int, scale: float, dot_general: Callable | None) -> nn.Dense:
+    """A Dense layer with orthogonal(``scale``) init; ``dot_general``: ``tuning.Tuning``'s
+    (``None``: flax's own)."""
+    extra = {} if dot_general is None else {"dot_general": dot_general}
+    return nn.Dense(size, kernel_init=initializers.orthogonal(scale), **extra)
 
 
 class MLP(nn.Module):
@@ -34,13 +34,14 @@ class MLP(nn.Module):
     out_size: int
     activation: str = "tanh"
     out_scale: float = 1.0
+    dot_general: Callable | None = None  # tuning.Tuning.dot_general
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
         for size in self.hidden_sizes:
-            x = act(_dense(size, _SQRT2)(x))
-        return _dense(self.out_size, self.out_scale)(x)
+            x = act(_dense(size, _SQRT2, self.dot_general)(x))
+        return _dense(self.out_size, self.out_scale, self.dot_general)(x)
 
 
 class Torso(nn.Module):
@@ -77,11 +78,14 @@ class PolicyNetwork(nn.Module):
     activation: str = "tanh"
     obs_ndim: int = 1
     torso: str = "mlp"
+    dot_general: Callable | None = None  # tuning.Tuning.dot_general
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> Any:
         x = Torso(self.torso, self.obs_ndim)(obs)
-        out = MLP(self.hidden_sizes, self.action_dim, self.activation, out_scale=0.01)(x)
+        out = MLP(
+            self.hidden_sizes, self.action_dim, self.activation, 0.01, self.dot_general
+        )(x)
         if self.discrete:
             return out
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
@@ -95,11 +99,12 @@ class ValueNetwork(nn.Module):
     activation: str = "tanh"
     obs_ndim: int = 1
     torso: str = "mlp"
+    dot_general: Callable | None = None  # tuning.Tuning.dot_general
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = Torso(self.torso, self.obs_ndim)(obs)
-        return MLP(self.hidden_sizes, 1, self.activation, out_scale=1.0)(x)[..., 0]
+        return MLP(self.hidden_sizes, 1, self.activation, 1.0, self.dot_general)(x)[..., 0]
 
 
 class QNetwork(nn.Module):
@@ -116,12 +121,15 @@ class QNetwork(nn.Module):
     activation: str = "relu"
     obs_ndim: int = 1
     torso: str = "mlp"
+    dot_general: Callable | None = None  # tuning.Tuning.dot_general (the non-dueling MLP)
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = Torso(self.torso, self.obs_ndim)(obs)
         if not self.dueling:
-            return MLP(self.hidden_sizes, self.action_dim, self.activation)(x)
+            return MLP(
+                self.hidden_sizes, self.action_dim, self.activation, dot_general=self.dot_general
+            )(x)
         act = _ACTIVATIONS[self.activation]
         dense = lambda size, scale=_SQRT2: nn.Dense(
             size, kernel_init=initializers.orthogonal(scale)

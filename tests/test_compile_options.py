@@ -109,7 +109,7 @@ def test_a_resumed_run_compiles_its_chunk_in_the_tier_it_started_with(tmp_path):
                                    total_steps=4 * 8 * 16, num_epochs=1, num_minibatches=2)
     settings = dict(num_devices=1, eval_episodes=2, log_points=8, checkpoint_every=4)
     optimized = training.RunSettings(**settings, chunk_compile="optimized")
-    full = training.train(config, optimized, str(tmp_path / "full"), progress=lambda s: None)
+    full = training.train(config, optimized, str(tmp_path / "full"), log=lambda s: None)
     assert full["chunk_tier"] == "optimized"
 
     def crash_after_8_updates(line):
@@ -124,7 +124,7 @@ def test_a_resumed_run_compiles_its_chunk_in_the_tier_it_started_with(tmp_path):
         training.train(config, training.RunSettings(**settings, resume=True,
                                                     chunk_compile="quick"), cut)
     resumed = training.train(config, training.RunSettings(**settings, resume=True), cut,
-                             progress=lambda s: None)  # auto: the checkpoint's tier
+                             log=lambda s: None)  # auto: the checkpoint's tier
     assert resumed["resumed_from"] > 0
     assert resumed["chunk_tier"] == "optimized"
     assert resumed["params_sha256"] == full["params_sha256"]

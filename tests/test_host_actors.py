@@ -54,7 +54,7 @@ def test_one_actor_device_three_learner_devices_keep_identical_params(agent, tmp
         actor_threads=2, envs_per_thread=3, actor_devices=(0,)
     )
     summary = host_training.train_host(
-        small_config(agent), QUIET, host, str(tmp_path), progress=lambda s: None
+        small_config(agent), QUIET, host, str(tmp_path), log=lambda s: None
     )
     state = summary["state"]
     assert int(state.update_step) == 5
@@ -81,7 +81,7 @@ def test_deterministic_mode_reproduces_the_run_and_pins_the_lag_to_one():
     )
     config = small_config("impala", total_steps=6 * 16 * 6)
     runs = [
-        host_training.train_host(config, QUIET, host, None, progress=lambda s: None)
+        host_training.train_host(config, QUIET, host, None, log=lambda s: None)
         for _ in range(2)
     ]
     assert runs[0]["params_sha256"] == runs[1]["params_sha256"]
@@ -119,7 +119,7 @@ def test_a_crashing_env_is_recreated_counted_and_training_goes_on(tmp_path):
         total_steps=6 * 16 * 8, num_minibatches=2, num_epochs=1,
     )
     summary = host_training.train_host(
-        config, QUIET, host, str(tmp_path), progress=lambda s: None
+        config, QUIET, host, str(tmp_path), log=lambda s: None
     )
     assert summary["env_faults"] == 2
     assert summary["env_steps"] == 6 * 16 * 8
@@ -144,7 +144,7 @@ def test_a_fatal_actor_error_stops_the_run_joins_threads_and_keeps_a_checkpoint(
     with pytest.raises(errors.ActorError, match=r"actor thread [01] failed: ScopeParamShape"):
         host_training.train_host(
             small_config("a2c", total_steps=10**6), QUIET, host, str(tmp_path),
-            progress=lambda s: None,
+            log=lambda s: None,
             make_env=lambda s, seed: WrongShapeEnv(s.env, s.envs_per_thread, seed),
         )
     assert time.perf_counter() - t0 < 60
@@ -176,7 +176,7 @@ def test_a_stalled_actor_is_an_error_not_a_hang():
     with pytest.raises(errors.ActorError, match="no rollout from actor thread 0 in 0.5s"):
         host_training.train_host(
             small_config("a2c", rollout_len=4, total_steps=10**6), QUIET, host, None,
-            progress=lambda s: None,
+            log=lambda s: None,
             make_env=lambda s, seed: StallingEnv(s.env, s.envs_per_thread, seed),
         )
     assert time.perf_counter() - t0 < 60
@@ -266,7 +266,7 @@ host = host_training.HostSettings(actor_threads=threads, envs_per_thread=envs,
 config = agents.default_config(agent, "gymnasium:CartPole-v1", **overrides)
 summary = host_training.train_host(
     config, training.RunSettings(eval_episodes=32, log_points=10, progress_every_s=1e9),
-    host, None, progress=lambda s: None,
+    host, None, log=lambda s: None,
 )
 print("SUMMARY " + json.dumps({k: summary[k] for k in
                                ("env_steps", "eval/episode_return", "policy_lag/max")}))
@@ -301,7 +301,7 @@ def test_continuous_actions_with_host_actors():
     config = agents.default_config(
         "impala", "gymnasium:Pendulum-v1", rollout_len=8, total_steps=4 * 8 * 3
     )
-    summary = host_training.train_host(config, QUIET, host, None, progress=lambda s: None)
+    summary = host_training.train_host(config, QUIET, host, None, log=lambda s: None)
     assert "log_std" in summary["params"]["policy"]["params"]
     assert np.isfinite(summary["history"][-1]["loss/total"])
     assert summary["eval/episode_return"] < 0  # Pendulum pays negative rewards
@@ -320,7 +320,7 @@ def test_apex_host_actors_refresh_params_every_param_refresh_steps_on_two_learne
         "apex", total_steps=8 * 16 * 6, buffer_capacity=1024, batch_size=32,
         learning_starts=256, hidden_sizes=(16, 16),
     )
-    summary = host_training.train_host(config, QUIET, host, None, progress=lambda s: None)
+    summary = host_training.train_host(config, QUIET, host, None, log=lambda s: None)
     assert (summary["policy_lag/min"], summary["policy_lag/max"]) == (0, 2)
     state = summary["state"]
     assert_replicated_on(state.params, [1, 2])

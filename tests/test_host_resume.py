@@ -95,14 +95,14 @@ def test_apex_host_resume_restores_replay_and_actors_and_checks_the_layout(
     host = host_training.HostSettings(actor_threads=2, envs_per_thread=4, deterministic=True,
                                       learner_devices=(1, 2))
     full = host_training.train_host(config, QUIET, host, str(tmp_path / "full"),
-                                    progress=lambda s: None)
+                                    log=lambda s: None)
     assert sorted(os.listdir(tmp_path / "full" / "checkpoints")) == ["16", "24"]
     for name in ("cut", "fresh_envs"):  # as if killed between the saves at 16 and 24
         shutil.copytree(tmp_path / "full", tmp_path / name)
         shutil.rmtree(tmp_path / name / "checkpoints" / "24")
     resume = dataclasses.replace(QUIET, resume=True)
     resumed = host_training.train_host(config, resume, host, str(tmp_path / "cut"),
-                                       progress=lambda s: None)
+                                       log=lambda s: None)
     assert resumed["resumed_from"] == 16
     assert resumed["params_sha256"] == full["params_sha256"]  # replay, Adam, keys, envs
     assert records(tmp_path / "cut") == records(tmp_path / "full")
@@ -114,7 +114,7 @@ def test_apex_host_resume_restores_replay_and_actors_and_checks_the_layout(
         state._replace(env_state=None) for state in decode(encoded)
     ])
     fresh = host_training.train_host(config, resume, host, str(tmp_path / "fresh_envs"),
-                                     progress=lambda s: None)
+                                     log=lambda s: None)
     assert fresh["resumed_from"] == 16 and fresh["env_steps"] == 24 * 32
     assert fresh["params_sha256"] != full["params_sha256"]
 
@@ -122,10 +122,10 @@ def test_apex_host_resume_restores_replay_and_actors_and_checks_the_layout(
     with pytest.raises(errors.ConfigError, match=r"checkpoint in .* was made with host "
                        r"actor_threads=2 \(now 4\), envs_per_thread=4 \(now 2\)$"):
         host_training.train_host(config, resume, other,
-                                 str(tmp_path / "cut"), progress=lambda s: None)
+                                 str(tmp_path / "cut"), log=lambda s: None)
     with pytest.raises(errors.ConfigError, match="--resume: no checkpoint in"):
         host_training.train_host(config, resume, host, str(tmp_path / "none"),
-                                 progress=lambda s: None)
+                                 log=lambda s: None)
 
 
 class _EzCartPole(CartPoleEnv, EzPickle):

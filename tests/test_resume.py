@@ -106,7 +106,7 @@ class Crash(Exception):
 def test_apex_resume_restores_replay_optimizer_and_rng(tmp_path):
     config = apex_config()
     settings = training.RunSettings(**QUIET)
-    full = training.train(config, settings, str(tmp_path / "full"), progress=lambda s: None)
+    full = training.train(config, settings, str(tmp_path / "full"), log=lambda s: None)
 
     def crash_after_24_updates(line):
         if line.startswith("env_steps") and int(line.split()[1]) >= 24 * config.steps_per_update:
@@ -117,7 +117,7 @@ def test_apex_resume_restores_replay_optimizer_and_rng(tmp_path):
         training.train(config, settings_p, str(tmp_path / "cut"), progress=crash_after_24_updates)
     resumed = training.train(
         config, training.RunSettings(**QUIET, resume=True), str(tmp_path / "cut"),
-        progress=lambda s: None,
+        log=lambda s: None,
     )
     assert resumed["resumed_from"] == 16  # the crash came before the save at update 24
     assert resumed["params_sha256"] == full["params_sha256"]
@@ -136,7 +136,7 @@ def test_ctrl_c_while_a_chunk_is_fetched_saves_the_newest_state_under_its_own_up
                                    anneal_lr=False)  # 8 updates, one per chunk
     settings = dict(num_devices=1, eval_episodes=2, log_points=8, checkpoint_every=100)
     full = training.train(config, training.RunSettings(**settings), str(tmp_path / "full"),
-                          progress=lambda s: None)
+                          log=lambda s: None)
 
     pressed = []
 
@@ -152,7 +152,7 @@ def test_ctrl_c_while_a_chunk_is_fetched_saves_the_newest_state_under_its_own_up
     steps = [r["env_steps"] for r in records(cut)]
     assert steps == sorted(set(steps)), steps  # no chunk logged twice
     resumed = training.train(config, training.RunSettings(**settings, resume=True), cut,
-                             progress=lambda s: None)
+                             log=lambda s: None)
     assert resumed["resumed_from"] == 2  # update 1 was being logged, update 2 was done
     assert resumed["params_sha256"] == full["params_sha256"]
     assert records(cut) == records(tmp_path / "full")
@@ -178,7 +178,7 @@ def test_a_nan_loss_stops_the_run_naming_the_update_and_keeps_the_last_good_chec
     settings = training.RunSettings(eval_episodes=2, log_points=40, progress_every_s=1e9,
                                     checkpoint_every=5)
     with pytest.raises(errors.NonFiniteError) as info:
-        training.train(config, settings, workdir, progress=lambda s: None)
+        training.train(config, settings, workdir, log=lambda s: None)
     message = str(info.value)
     assert "non-finite loss/total" in message and "at update 13 " in message
     assert f"last good checkpoint: update 10 in {workdir}/checkpoints" in message
@@ -187,7 +187,7 @@ def test_a_nan_loss_stops_the_run_naming_the_update_and_keeps_the_last_good_chec
     # The kept checkpoint is good: with the fault gone, the run resumes and finishes.
     monkeypatch.undo()
     summary = training.train(config, dataclasses.replace(settings, resume=True), workdir,
-                             progress=lambda s: None)
+                             log=lambda s: None)
     assert summary["resumed_from"] == 10
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(summary["params"]))
 

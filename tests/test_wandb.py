@@ -37,7 +37,7 @@ def test_a_run_logs_every_record_to_wandb_from_the_host_loop(tmp_path, fake_wand
     config = agents.default_config("a2c", "CartPole-v1", num_envs=4, total_steps=4 * 5 * 8)
     settings = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9,
                                     wandb_project="jaxrl-dist-test")
-    training.train(config, settings, str(tmp_path / "run"), progress=lambda s: None)
+    training.train(config, settings, str(tmp_path / "run"), log=lambda s: None)
     (run,) = fake_wandb
     assert run.init["project"] == "jaxrl-dist-test" and run.init["config"]["agent"] == "a2c"
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

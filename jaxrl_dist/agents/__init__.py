@@ -2,7 +2,9 @@
 
 The registry maps ``--agent`` names to their packages; each package has
 ``config.py`` (a frozen config and ``default_config(env, **overrides)``) and
-``learner.py`` (``Learner(config, mesh, num_seeds, env_params)``).
+``learner.py`` (``Agent(config, spec, num_devices, tuning_)``, the agent's pure
+functions, and ``Learner(config, mesh, num_seeds, env_params)``, the agent on
+on-device gymnax envs).
 """
 
 import importlib
@@ -33,7 +35,17 @@ def default_config(agent: str, env: str, **overrides):
     return config_module(agent).default_config(env, **overrides)
 
 
-def make_learner(config, mesh, num_seeds: int = 1, env_params=None, env=None):
-    """The learner of ``config.agent`` for ``config`` on ``mesh`` (``env``: see OnDeviceLearner)."""
-    module = importlib.import_module(AGENTS[config.agent].package + ".learner")
-    return module.Learner(config, mesh, num_seeds, env_params, env=env)
+def _learner_module(agent: str):
+    return importlib.import_module(AGENTS[agent].package + ".learner")
+
+
+def make_learner(config, mesh, num_seeds: int = 1, env_params=None, tuning_=None):
+    """The on-device learner of ``config.agent`` for ``config`` on ``mesh``
+    (``agents.on_device.OnDeviceLearner``'s arguments)."""
+    return _learner_module(config.agent).Learner(config, mesh, num_seeds, env_params, tuning_)
+
+
+def make_agent(config, spec, num_devices: int = 1, tuning_=None):
+    """The ``base.Agent`` of ``config.agent`` for an env of ``spec`` (``obs_shape``,
+    ``action_space``, ``action_dim``) and a mesh of ``num_devices`` devices."""
+    return _learner_module(config.agent).Agent(config, spec, num_devices, tuning_)

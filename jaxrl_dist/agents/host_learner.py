@@ -1,10 +1,10 @@
 """The learner of the host-actor path: an agent's ``learn`` on batches from actor threads.
 
-The agent (PPO, IMPALA, A2C) is the same class as on device, built with an
-``EnvSpec`` instead of a gymnax env; only its ``learn`` half is used. One
-compiled step ``update(state, trajs, key) -> (state, metrics)`` takes one
-rollout from each actor thread (each ``[T, B_thread, ...]``, env axis sharded
-over the learner mesh), joins them along the env axis on each device, and runs
+It takes the agent's functions (``base.AgentFunctions``: ``init``, ``learn``
+and the sharding of the agent's state) directly. One compiled step
+``update(state, trajs, key) -> (state, metrics)`` takes one rollout from each
+actor thread (each ``[T, B_thread, ...]``, env axis sharded over the learner
+mesh), joins them along the env axis on each device, and runs
 ``learn`` inside ``jax.shard_map`` (gradients averaged with ``pmean``; params
 replicated on every learner device).
 
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import agents, parallel, types
-from jaxrl_dist.envs import gymnasium_env
+from jaxrl_dist import parallel, types
+from jaxrl_dist.agents import base
 
 
 class HostState(NamedTuple):
@@ -39,42 +39,35 @@ TRAJ_SPEC = P(None, parallel.DATA_AXIS)  # [T, B, ...]: envs split over learner 
 
 
 class HostLearner:
-    """Builds ``init`` and the compiled ``update`` of ``config.agent`` on ``mesh``.
+    """Builds ``init`` and the compiled ``update`` of an agent's functions on ``mesh``.
 
     Args:
-      config: the agent's config; ``num_envs`` is the number of envs over all
-        actor threads and must divide across ``mesh``.
+      functions: the agent's ``base.AgentFunctions``, built for ``mesh.size`` devices
+        and the total number of envs over all actor threads.
       mesh: the learner mesh (1-D, ``("data",)``).
-      spec: the environment's ``EnvSpec``.
 
     Attributes:
-      agent: the agent's learner (networks, distribution, ``learn``).
       traj_sharding: ``NamedSharding`` actors put trajectory leaves with.
       state_shardings: ``HostState`` of ``NamedSharding`` (what ``init`` returns).
       init: jitted ``key -> HostState`` (replicated).
       update: jitted ``(state, trajs: tuple of Transition, key) -> (state, metrics)``.
 
-    Raises:
-      ConfigError: the config does not fit the mesh.
     """
 
-    def __init__(self, config, mesh, spec: gymnasium_env.EnvSpec):
-        self.config = config
+    def __init__(self, functions: base.AgentFunctions, mesh):
+        self.functions = functions
         self.mesh = mesh
         self.num_processes = len({d.process_index for d in mesh.devices.flat})
-        self.agent = agents.make_learner(config, mesh, 1, env=spec)
         self.replicated = NamedSharding(mesh, P())
         self.traj_sharding = NamedSharding(mesh, TRAJ_SPEC)
         self.state_specs = HostState(
-            params=P(), opt_state=P(), agent_state=self.agent.agent_state_specs(seed_axis=False),
+            params=P(), opt_state=P(), agent_state=functions.agent_state_specs,
             update_step=P(),
         )
         self.state_shardings = jax.tree.map(
             lambda spec: NamedSharding(mesh, spec), self.state_specs,
             is_leaf=lambda x: isinstance(x, P),
         )
-        # XLA's default optimisation level: compile_options was measured on the on-device
-        # path only.
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
         # Only agent_state is donated (Ape-X's replay is updated in place): the
         # parameters stay valid for actors still copying a published version.
@@ -106,13 +99,8 @@ class HostLearner:
         return self._local_update(state._replace(agent_state=agent_state), trajs, key)
 
     def _init(self, key: jax.Array) -> HostState:
-        params = self.agent.init_params(key)
-        return HostState(
-            params=params,
-            opt_state=self.agent.optimizer.init(params),
-            agent_state=self.agent._init_agent_state(params),
-            update_step=jnp.zeros((), jnp.int32),
-        )
+        params, opt_state, agent_state = self.functions.init(key)
+        return HostState(params, opt_state, agent_state, jnp.zeros((), jnp.int32))
 
     def local_env_ids(self, num_threads: int, width: int) -> jax.Array:
         """``[num_threads * width]`` int32 global ids (``thread * B_thread + position``) of
@@ -136,7 +124,7 @@ class HostLearner:
         traj = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *trajs)
         env_ids = self.local_env_ids(len(trajs), jax.tree.leaves(trajs[0])[0].shape[1])
         key = jax.random.fold_in(key, state.update_step)
-        params, opt_state, agent_state, metrics = self.agent.learn(
+        params, opt_state, agent_state, metrics = self.functions.learn(
             state.params, state.opt_state, state.agent_state, traj, key, env_ids
         )
         return HostState(params, opt_state, agent_state, state.update_step + 1), metrics

@@ -12,11 +12,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrl_dist import errors
-from jaxrl_dist.envs import deferred_import
+from jaxrl_dist import errors, tuning
 
-with deferred_import.deferred("matplotlib.pyplot", "seaborn"):
-    import gymnax  # its renderers' plotting imports cost ~2.4 s and training never renders
+# gymnax imports plotting modules for its renderers, which training never calls;
+# a CPU-only process defers them (cpu.deferred_import).
+with tuning.deferred_imports("matplotlib.pyplot", "seaborn"):
+    import gymnax
 
 
 class EpisodeStats(NamedTuple):

@@ -14,20 +14,20 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_dist import losses, parallel, types
-from jaxrl_dist.agents import on_device
+from jaxrl_dist.agents import base, on_device
 
 TrainState = on_device.TrainState
 
 
-class Learner(on_device.OnDeviceLearner):
+class Agent(base.Agent):
     """A2C: A3C's n-step advantage actor-critic (Mnih et al. 2016, Algorithm S3), synchronous.
 
     Args:
       config: an ``A2CConfig`` (or a subclass's config).
-      mesh, num_seeds, env_params: as ``OnDeviceLearner``.
+      spec, num_devices, tuning_: as ``base.Agent``.
 
     Raises:
-      ConfigError: the config does not fit the mesh.
+      ConfigError: the config does not fit the devices.
     """
 
     # ------------------------------------------------------------- hooks
@@ -43,7 +43,7 @@ class Learner(on_device.OnDeviceLearner):
         """``(epochs, minibatches)`` of gradient steps per rollout; A2C: one step, ``(1, 1)``."""
         return 1, 1
 
-    def _optimizer_steps(self) -> int:
+    def optimizer_steps(self) -> int:
         epochs, minibatches = self.sgd_layout()
         return self.config.num_updates * epochs * minibatches
 
@@ -113,10 +113,9 @@ class Learner(on_device.OnDeviceLearner):
         )
         return params, opt_state, agent_state, jax.tree.map(jnp.mean, metrics)
 
-    def _local_update(self, state: TrainState, key: jax.Array):
+    def on_device_update(self, state: TrainState, key: jax.Array, env_ids, rollout):
         key = jax.random.fold_in(key, state.update_step)
-        env_ids = self.local_env_ids()
-        env_state, traj, episode_metrics = self.rollout(
+        env_state, traj, episode_metrics = rollout(
             self.acting_params(state), state.env_state, key, env_ids
         )
         params, opt_state, _, metrics = self.learn(
@@ -128,3 +127,9 @@ class Learner(on_device.OnDeviceLearner):
             self.next_agent_state(state),
         )
         return new_state, metrics
+
+
+class Learner(on_device.OnDeviceLearner):
+    """A2C on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
+
+    agent_class = Agent

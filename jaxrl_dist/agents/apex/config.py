@@ -94,8 +94,8 @@ class ApexConfig(common.OnDeviceConfig):
         return self
 
 
-# Classic control: measured on CartPole-v1 (2-core CPU, 2026-11-21): with these values
-# 9 of 9 seeds reach greedy return 500 at 5e5 env steps; with n_step=3 instead, 8 of 9.
+# Classic control: chosen on CartPole-v1, where n_step=5 solved more seeds than 3
+# (docs/benchmarks/defaults.md).
 _CLASSIC = dict(
     hidden_sizes=(64, 64), rollout_len=8, lr=1e-3, n_step=5, buffer_capacity=100_000,
     batch_size=256, learner_steps=4, target_update_period=50,

@@ -15,7 +15,7 @@ One compiled update (on device, inside ``shard_map`` and ``vmap`` over seeds):
    over devices (``pmean``), optimizer step, new priorities ``|δ| + ε`` written
    back, target network refreshed every ``target_update_period`` learner steps.
 
-The host-actor path runs step 2 in the actor threads (``host_act_fn``,
+The host-actor path runs step 2 in the actor threads (``act``,
 ``actor_batch`` on the actor device) and step 3 in ``HostLearner``.
 
 The replay is sharded: each device holds ``buffer_capacity / D`` transitions of
@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrl_dist import distributions, errors, losses, networks, parallel, types
 from jaxrl_dist.actors import rollout as rollout_lib
-from jaxrl_dist.agents import on_device
+from jaxrl_dist.agents import base, on_device
 from jaxrl_dist.agents.apex import config as config_lib
 from jaxrl_dist.replay import prioritized
 
@@ -89,7 +89,7 @@ def epsilons(env_ids: jax.Array, num_envs: int, epsilon: float, alpha: float) ->
     return jnp.power(jnp.float32(epsilon), 1.0 + alpha * fraction)
 
 
-class Learner(on_device.OnDeviceLearner):
+class Agent(base.Agent):
     """Ape-X DQN (Horgan et al. 2018, arXiv 1803.00933, Algorithm 1 and 2) with a dueling
     network (Wang et al. 2016), n-step double-Q targets (van Hasselt et al. 2016) and
     proportional prioritized replay (Schaul et al. 2016).
@@ -99,33 +99,33 @@ class Learner(on_device.OnDeviceLearner):
 
     Args:
       config: an ``ApexConfig``.
-      mesh, num_seeds, env_params, env: as ``OnDeviceLearner``.
+      spec, num_devices, tuning_: as ``base.Agent``.
 
     Raises:
-      ConfigError: the config does not fit the mesh, or the action space is not discrete.
+      ConfigError: the config does not fit the devices, or the action space is not discrete.
     """
 
     config: config_lib.ApexConfig
 
-    def __init__(self, config, mesh, num_seeds=1, env_params=None, env=None):
-        super().__init__(config, mesh, num_seeds, env_params, env)
+    def __init__(self, config, spec, num_devices=1, tuning_=None):
+        super().__init__(config, spec, num_devices, tuning_)
         if not self.dist.discrete:
             raise errors.ConfigError(f"--agent=apex needs a discrete action space ({config.env})")
         self.greedy = distributions.EpsilonGreedy
-        self.local_capacity = config.buffer_capacity // mesh.size
-        self.local_batch = config.batch_size // mesh.size
+        self.local_capacity = config.buffer_capacity // num_devices
+        self.local_batch = config.batch_size // num_devices
         self.acting = rollout_lib.Policy(
             lambda p, obs: distributions.EpsGreedyParams(self.q_values(p[0], obs), p[1]),
             self.greedy.noise, self.greedy.sample_from_noise, self.greedy.log_prob,
-            self.env.action_dim,
+            self.spec.action_dim,
         )
 
     # ------------------------------------------------------------- networks
     def _build_networks(self, obs_ndim: int) -> None:
         cfg = self.config
         self.q_net = networks.QNetwork(
-            cfg.hidden_sizes, self.env.action_dim, cfg.dueling, cfg.activation, obs_ndim,
-            cfg.torso,
+            cfg.hidden_sizes, self.spec.action_dim, cfg.dueling, cfg.activation, obs_ndim,
+            cfg.torso, self.tuning.dot_general,
         )
 
     def q_values(self, params: types.Params, obs: jax.Array) -> jax.Array:
@@ -137,16 +137,16 @@ class Learner(on_device.OnDeviceLearner):
         return self.q_values(params, obs)
 
     def init_params(self, key: jax.Array) -> types.Params:
-        return {"q": self.q_net.init(key, jnp.zeros(self.env.obs_shape, jnp.float32))}
+        return {"q": self.q_net.init(key, jnp.zeros(self.spec.obs_shape, jnp.float32))}
 
-    def _warmup_updates(self) -> int:
+    def warmup_updates(self) -> int:
         """Updates before the replay holds ``learning_starts`` transitions (no learning)."""
         cfg = self.config
         return min(-(-cfg.learning_starts // cfg.steps_per_update), cfg.num_updates)
 
-    def _optimizer_steps(self) -> int:
+    def optimizer_steps(self) -> int:
         cfg = self.config
-        return max(1, (cfg.num_updates - self._warmup_updates() + 1) * cfg.learner_steps)
+        return max(1, (cfg.num_updates - self.warmup_updates() + 1) * cfg.learner_steps)
 
     # ------------------------------------------------------------ the state
     def agent_state_specs(self, seed_axis: bool) -> Any:
@@ -154,11 +154,11 @@ class Learner(on_device.OnDeviceLearner):
         return ApexState(replay=sharded, target_params=P(), learner_steps=P())
 
     def _example_item(self) -> ReplayItem:
-        obs = jnp.zeros(self.env.obs_shape, jnp.dtype(self.config.obs_storage))
+        obs = jnp.zeros(self.spec.obs_shape, jnp.dtype(self.config.obs_storage))
         zero = jnp.zeros((), jnp.float32)
         return ReplayItem(obs, jnp.zeros((), jnp.int32), zero, zero, obs)
 
-    def _init_agent_state(self, params: types.Params) -> ApexState:
+    def init_agent_state(self, params: types.Params) -> ApexState:
         # The global view: one replay shard per device, laid end to end.
         shard = prioritized.init(self._example_item(), self.local_capacity)
         devices = self.num_devices
@@ -170,20 +170,17 @@ class Learner(on_device.OnDeviceLearner):
         return ApexState(replay, params, jnp.zeros((), jnp.int32))
 
     # --------------------------------------------------------------- acting
-    def host_act_fn(self):
-        num_envs, cfg = self.config.num_envs, self.config
-
-        def act(params, obs, key, env_ids):
-            key, noise_key = jax.random.split(key)
-            dist = distributions.EpsGreedyParams(
-                self.q_values(params, obs),
-                epsilons(env_ids, num_envs, cfg.epsilon, cfg.epsilon_alpha),
-            )
-            noise = self.greedy.noise(noise_key, obs.shape[:1], self.env.action_dim)
-            action = self.greedy.sample_from_noise(dist, noise)
-            return action, self.greedy.log_prob(dist, action), dist, key
-
-        return jax.jit(act)
+    def act(self, params, obs, key, env_ids):
+        """One ε-greedy acting step, env ``i`` with its ``ε_i`` (``epsilons``)."""
+        cfg = self.config
+        key, noise_key = jax.random.split(key)
+        dist = distributions.EpsGreedyParams(
+            self.q_values(params, obs),
+            epsilons(env_ids, cfg.num_envs, cfg.epsilon, cfg.epsilon_alpha),
+        )
+        noise = self.greedy.noise(noise_key, obs.shape[:1], self.spec.action_dim)
+        action = self.greedy.sample_from_noise(dist, noise)
+        return action, self.greedy.log_prob(dist, action), dist, key
 
     def actor_batch(self, params: types.Params, traj: types.Transition, env_ids=None):
         """n-step transitions and their initial priorities from an actor's rollout.
@@ -230,7 +227,7 @@ class Learner(on_device.OnDeviceLearner):
         (the first learning update is the one whose add fills the replay to
         ``learning_starts``, so ``num_updates - warm-up + 1`` of them learn)."""
         cfg = self.config
-        last = max(cfg.num_updates - self._warmup_updates(), 1)
+        last = max(cfg.num_updates - self.warmup_updates(), 1)
         fraction = jnp.minimum(learning_update.astype(jnp.float32) / last, 1.0)
         return cfg.priority_beta + fraction * (cfg.priority_beta_end - cfg.priority_beta)
 
@@ -318,13 +315,12 @@ class Learner(on_device.OnDeviceLearner):
         )
         return params, opt_state, state, metrics
 
-    def _local_update(self, state: TrainState, key: jax.Array):
+    def on_device_update(self, state: TrainState, key: jax.Array, env_ids, rollout):
         cfg = self.config
         key = jax.random.fold_in(key, state.update_step)
         act_key, learn_key = jax.random.split(key)
-        env_ids = self.local_env_ids()
         eps = epsilons(env_ids, cfg.num_envs, cfg.epsilon, cfg.epsilon_alpha)
-        env_state, traj, episode_metrics = self.rollout(
+        env_state, traj, episode_metrics = rollout(
             (state.params, eps), state.env_state, act_key, env_ids
         )
         batch = self.actor_batch(state.params, traj)
@@ -336,3 +332,9 @@ class Learner(on_device.OnDeviceLearner):
             params, opt_state, env_state, state.update_step + 1, agent_state
         )
         return new_state, metrics
+
+
+class Learner(on_device.OnDeviceLearner):
+    """Ape-X on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
+
+    agent_class = Agent

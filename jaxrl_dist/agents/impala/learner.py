@@ -11,13 +11,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_dist import losses, types
+from jaxrl_dist.agents import on_device
 from jaxrl_dist.agents.a2c import learner as a2c_learner
 from jaxrl_dist.agents.impala import config as config_lib
 
 TrainState = a2c_learner.TrainState
 
 
-class Learner(a2c_learner.Learner):
+class Agent(a2c_learner.Agent):
     """IMPALA (Espeholt et al. 2018, arXiv 1802.01561): V-trace targets (eq. 1), ρ-clipped
     policy gradient (sec. 4.2), baseline loss and entropy bonus; one gradient step per update.
 
@@ -26,10 +27,10 @@ class Learner(a2c_learner.Learner):
 
     Args:
       config: an ``ImpalaConfig``.
-      mesh, num_seeds, env_params: as ``OnDeviceLearner``.
+      spec, num_devices, tuning_: as ``base.Agent``.
 
     Raises:
-      ConfigError: the config does not fit the mesh.
+      ConfigError: the config does not fit the devices.
     """
 
     config: config_lib.ImpalaConfig
@@ -37,7 +38,7 @@ class Learner(a2c_learner.Learner):
     def sgd_layout(self) -> tuple[int, int]:
         return self.config.num_epochs, self.config.num_minibatches
 
-    def _init_agent_state(self, params: types.Params):
+    def init_agent_state(self, params: types.Params):
         lag = self.config.policy_lag
         if lag == 0:
             return ()
@@ -82,3 +83,9 @@ class Learner(a2c_learner.Learner):
             ),
         }
         return vtrace.pg_advantages, vtrace.vs, metrics
+
+
+class Learner(on_device.OnDeviceLearner):
+    """IMPALA on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
+
+    agent_class = Agent

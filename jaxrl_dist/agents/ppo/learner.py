@@ -1,7 +1,8 @@
-"""PPO learner: one compiled update = rollout, GAE and epochs of minibatch SGD.
+"""PPO: one update = rollout, GAE and epochs of minibatch SGD.
 
-The shared parts (environment, networks, sharded state, the scanned program)
-live in ``agents/on_device.py``; this module is PPO's update only.
+The shared parts live in ``agents/base.py`` (networks, optimizer) and
+``agents/on_device.py`` (environments, sharded state, the scanned program);
+this module is PPO's update only.
 """
 
 import functools
@@ -11,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import flatten_util
 
-from jaxrl_dist import losses, parallel, shuffle
-from jaxrl_dist.agents import on_device
+from jaxrl_dist import losses, parallel
+from jaxrl_dist.agents import base, on_device
 from jaxrl_dist.agents.ppo import config as config_lib
 
 TrainState = on_device.TrainState
@@ -37,24 +38,25 @@ class Batch(NamedTuple):
     target: jax.Array  # λ-return
 
 
-class Learner(on_device.OnDeviceLearner):
-    """PPO (Schulman et al. 2017, arXiv 1707.06347) on on-device gymnax environments.
+class Agent(base.Agent):
+    """PPO (Schulman et al. 2017, arXiv 1707.06347): clipped (eq. 7) or KL-penalty (eq. 8)
+    objective on GAE advantages (eq. 11).
 
     Args:
       config: a ``PPOConfig``.
-      mesh, num_seeds, env_params: as ``OnDeviceLearner``.
+      spec, num_devices, tuning_: as ``base.Agent``.
 
     Raises:
-      ConfigError: the config does not fit the mesh.
+      ConfigError: the config does not fit the devices.
     """
 
     config: config_lib.PPOConfig
 
-    def _optimizer_steps(self) -> int:
+    def optimizer_steps(self) -> int:
         cfg = self.config
         return cfg.num_updates * cfg.num_epochs * cfg.num_minibatches
 
-    def _init_agent_state(self, params) -> PPOState:
+    def init_agent_state(self, params) -> PPOState:
         del params
         return PPOState(jnp.asarray(self.config.kl_beta_init, jnp.float32))
 
@@ -122,7 +124,7 @@ class Learner(on_device.OnDeviceLearner):
         env_keys = jax.vmap(
             lambda k: jax.vmap(jax.random.fold_in, (None, 0))(k, env_ids)
         )(epoch_keys)  # [E, B_local]
-        perms = shuffle.permutations(env_keys.reshape(-1), cfg.rollout_len)
+        perms = self.tuning.permutations(env_keys.reshape(-1), cfg.rollout_len)
         return jnp.swapaxes(perms.reshape(env_keys.shape + (cfg.rollout_len,)), 1, 2)
 
     def _minibatches(self, batch, perm: jax.Array):
@@ -197,11 +199,10 @@ class Learner(on_device.OnDeviceLearner):
         metrics["ppo/kl_beta"] = kl_beta
         return params, opt_state, PPOState(kl_beta), metrics
 
-    def _local_update(self, state: TrainState, key: jax.Array):
+    def on_device_update(self, state: TrainState, key: jax.Array, env_ids, rollout):
         key = jax.random.fold_in(key, state.update_step)
         rollout_key, sgd_key = jax.random.split(key)
-        env_ids = self.local_env_ids()
-        env_state, traj, episode_metrics = self.rollout(
+        env_state, traj, episode_metrics = rollout(
             state.params, state.env_state, rollout_key, env_ids
         )
         params, opt_state, agent_state, metrics = self.learn(
@@ -210,3 +211,9 @@ class Learner(on_device.OnDeviceLearner):
         metrics.update(episode_metrics)
         new_state = TrainState(params, opt_state, env_state, state.update_step + 1, agent_state)
         return new_state, metrics
+
+
+class Learner(on_device.OnDeviceLearner):
+    """PPO on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
+
+    agent_class = Agent

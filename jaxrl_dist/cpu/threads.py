@@ -1,4 +1,4 @@
-"""How many threads XLA's CPU runtime runs a program's kernels on.
+"""How many threads XLA's CPU runtime runs a program's kernels on (``--cpu_threads``).
 
 XLA's CPU client sizes its intra-op pool (the ``tf_XLAEigen`` threads that run
 independent kernels and split large ones) when it is created, from the
@@ -6,39 +6,12 @@ environment variable ``PJRT_NPROC`` (then ``NPROC``), else one thread per core.
 Compiling is done by other threads and is not limited by it.
 
 Gradient steps on batches of a few hundred samples are chains of kernels of a few
-µs, where handing work to a second pool thread costs more than it gains, while large
-batches need every core. Measured on this project's 2-core CPU VM
-(``experiments/benchmark.py``, CartPole-v1, alternating one and two threads), first on
-its Zen 4 CPU:
-
-* PPO, 2026-12-02 (5e5 steps): 4 × 128, 4 × 4 minibatches of 128 (PureJaxRL's
-  default): one pool thread 169.9k / 159.0k / 171.9k env steps/s against 148.5k /
-  144.4k / 132.1k with two, compile unchanged (3.6-3.8 s against 3.5-4.1 s), the same
-  parameters (SHA-256) at 5e4 steps; minibatches of 256 (8 × 128, 16 × 64, 64 × 16;
-  steady-state ms per update, two alternations each): one thread equal or up to ~10 %
-  faster; 32 × 64 (the default, minibatches of 512): within noise either way;
-  2048 × 16 (minibatches of 8192): one thread ~40 % slower (157-189 against 100-110 ms
-  per update), and its parameters differ (large dots split their sums across threads).
-* IMPALA, A2C and Ape-X, 2026-12-02 (their defaults, three rounds): IMPALA 16 × 20
-  (one gradient step on 320 samples per update) 404.5k / 461.8k / 415.7k against
-  292.4k / 317.6k / 327.9k; A2C 16 × 5 (80 samples) 364.5k / 349.4k / 409.6k against
-  246.7k / 246.7k / 243.2k; Ape-X 16 × 8 with batches of 256 46.7k / 49.9k / 49.0k
-  against 34.2k / 26.5k / 31.4k. Larger: A2C 64 × 5 (320 samples, 64 envs) 462.2k
-  against 367.3k and Ape-X with 64 envs and batches of 512 97.4k against 77.1k (one
-  thread faster), but IMPALA 64 × 20 (1,280 samples) 410.5k against 445.3k, A2C
-  256 × 5 (1,280) 497.5k against 514.0k, A2C 1024 × 5 387.7k against 466.8k and Ape-X
-  with batches of 1,024 14.0k against 16.3k (two threads faster).
-* On the VM's Zen 5 CPU (2026-12-02, afternoon; AMD EPYC family 26), at 512 samples
-  per gradient step (two rounds each unless stated): PPO 32 × 64 (the default) 264.9k / 308.1k /
-  310.0k against 248.1k / 285.0k / 286.9k (three rounds; the same ``params_sha256``
-  after the default 5e5-step run), PPO 64 × 32 317.1k / 289.1k against 295.7k /
-  205.4k, IMPALA 16 × 32 687.4k / 741.5k against 509.2k / 356.8k, Ape-X with batches
-  of 512 43.6k / 42.7k against 35.4k / 27.2k; and PPO at PureJaxRL's 4 × 128 (128
-  samples) 190.8k / 223.8k / 211.2k against 157.2k / 158.4k / 180.1k.
-
-So ``auto_threads`` picks one thread only inside the region where every agent measured
-won or tied (at most 512 samples per gradient step and 64 envs) and leaves everything
-else to XLA's default.
+µs, where handing work to a second pool thread costs more than it gains, while
+large batches need every core. ``auto_threads`` therefore picks one thread only
+inside the region where every agent measured won or tied (at most 512 samples per
+gradient step and 64 envs, MLPs no wider than 64) and leaves everything else to
+XLA's default. Only CPU-only processes are sized (``cpu_only``). Figures:
+``docs/benchmarks/cpu_tuning.md``.
 """
 
 import importlib.util

@@ -2,13 +2,13 @@
 
 Autodiff of ``y = x @ W`` gives the weight gradient as ``dW = xᵀ·dy``, a dot
 contracting the *leading* (batch) axis of both operands. XLA's CPU backend
-hands dots to its fast YNNPACK kernels only when the left operand contracts its
-last axis (row-major, "canonical"); the transposed form falls back to a slower
-Eigen path. On the PPO CartPole minibatch (128 × 64 × 64) that dot took about
-twice as long as the forward one (``jax.profiler`` trace, BUILD.md). Here the
-backward pass materialises ``xᵀ`` (an ``optimization_barrier`` keeps XLA from
-folding the transpose back into the dot), so all three dots of a layer take the
-fast path. Values are the same as autodiff's up to float summation order.
+hands dots to its fast kernels only when the left operand contracts its last
+axis (row-major, "canonical"); the transposed form falls back to a slower path.
+Here the backward pass materialises ``xᵀ`` (an ``optimization_barrier`` keeps XLA
+from folding the transpose back into the dot), so all three dots of a layer take
+the fast path. Values are the same as autodiff's up to float summation order.
+On GPU/TPU the networks use flax's own dot instead (``jaxrl_dist.tuning``).
+Figures: ``docs/benchmarks/cpu_tuning.md``.
 """
 
 import jax

@@ -1,20 +1,19 @@
 """Random permutations of short axes without a sort.
 
 ``jax.random.permutation`` sorts random keys; on XLA's CPU backend that sort is a
-comparator-calling merge sort, about 3.5 % of a PPO CartPole update at 4 × 128
-(``perf``, BUILD.md). For the rollout lengths PPO shuffles (tens to hundreds of
-steps) the rank of each of ``n`` random keys, counted with an ``[n, n]`` comparison,
-is the same kind of uniformly random permutation in a few vectorised kernels.
+comparator-calling merge sort, a visible part of a small PPO update. For the
+rollout lengths PPO shuffles (tens to hundreds of steps) the rank of each of ``n``
+random keys, counted with an ``[n, n]`` comparison, is the same kind of uniformly
+random permutation in a few vectorised kernels. On GPU/TPU PPO uses
+``jax.random.permutation`` (``jaxrl_dist.tuning``). Figures:
+``docs/benchmarks/cpu_tuning.md``.
 """
 
 import jax
 import jax.numpy as jnp
 
-# The comparison is R·n² elements for R permutations of length n. Measured 2026-12-01
-# on the project's 2-core CPU VM (128 vmapped rows unless stated, best of 20, µs,
-# rank / sort): n=64 344 / 987; n=128 681 / 2185 (256 rows: 1086 / 4177); n=16 with
-# 8192 rows 1195 / 13331; but n=128 with 512 rows 13321 / 8709 and n=256 13975 / 4207:
-# past ~2²² elements the comparison falls off a cliff, so above it we sort.
+# The comparison is R·n² elements for R permutations of length n; past about 2²² elements
+# it falls off a cliff on CPU, so above it we sort.
 MAX_RANK_ELEMENTS = 2**22
 
 

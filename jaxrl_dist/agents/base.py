@@ -1,0 +1,235 @@
+"""What every agent shares, independent of where its data comes from.
+
+An ``Agent`` holds one config's networks, action distribution and optimizer and
+the pure functions built from them: ``init_params``, ``init_agent_state``,
+``act`` (one batched acting step), ``learn`` (one learning step on a
+trajectory, inside ``shard_map``), Ape-X's actor-side ``actor_batch``, and
+``on_device_update`` (acting and learning in one step, for on-device envs).
+``functions()`` hands the ones an acting path needs over as an
+``AgentFunctions``. Nothing here steps an environment or knows a mesh beyond
+its size: ``agents/on_device.py`` adds gymnax envs, ``agents/host_learner.py``
+takes batches from host actors.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from jaxrl_dist import distributions, errors, networks, tuning, types
+from jaxrl_dist.actors import rollout as rollout_lib
+from jaxrl_dist.agents import common
+
+
+class EnvSpec(NamedTuple):
+    """What an agent needs to know of an environment (no stepping).
+
+    ``action_space``'s class name (``Discrete``/``Box``, gymnax's or Gymnasium's)
+    selects the action distribution; ``action_dim`` is the number of actions
+    (Discrete) or the action size (Box).
+    """
+
+    obs_shape: tuple[int, ...]
+    action_space: Any
+    action_dim: int
+
+
+class AgentFunctions(NamedTuple):
+    """An agent's pure functions, as an acting path uses them.
+
+    ``init``: ``key -> (params, opt_state, agent_state)`` for one run (no seed axis).
+    ``act``: jitted ``(params, obs [B, ...], key, env_ids [B]) -> (action, log_prob,
+    dist_params, next_key)``, one acting step.
+    ``learn``: ``(params, opt_state, agent_state, batch, key, env_ids) -> (params,
+    opt_state, agent_state, metrics)``, inside ``shard_map`` over the data axis.
+    ``actor_step``: ``(params, traj [T, B, ...], env_ids [B]) -> batch`` run by the
+    actor before sending (Ape-X: n-step transitions and priorities), or ``None``
+    to send the ``Transition`` itself.
+    ``agent_state_specs``: ``PartitionSpec`` prefix of ``agent_state`` (no seed axis).
+    ``policy``, ``mode``: ``(params, obs) -> dist_params`` and ``dist_params -> greedy
+    action``, for evaluation.
+    """
+
+    init: Callable
+    act: Callable
+    learn: Callable
+    actor_step: Callable | None
+    agent_state_specs: Any
+    policy: Callable
+    mode: Callable
+
+
+# A rollout of the on-device path: ``(acting_params, env_state, key, env_ids) ->
+# (env_state, traj [T, B_local, ...], episode metrics)``.
+Rollout = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, types.Transition, dict]]
+
+
+class Agent:
+    """Networks, distribution, optimizer and update rule of one agent's config.
+
+    Args:
+      config: an ``OnDeviceConfig`` subclass (validated here for ``num_devices``).
+      spec: the environment's ``EnvSpec`` (or anything with its fields).
+      num_devices: ``D``, devices of the learner mesh (``num_envs`` splits across them).
+      tuning_: how programs are built for the devices (``tuning.for_mesh``; default:
+        ``jax.default_backend()``'s).
+
+    Raises:
+      ConfigError: the config does not fit ``num_devices`` or the env's observations.
+    """
+
+    def __init__(self, config: common.OnDeviceConfig, spec: Any, num_devices: int = 1,
+                 tuning_: tuning.Tuning | None = None):
+        self.config = config.validate(num_devices)
+        self.spec = spec
+        self.num_devices = num_devices
+        self.local_envs = config.num_envs // num_devices
+        self.tuning = tuning_ or tuning.for_default_backend()
+        self.dist = distributions.for_action_space(spec.action_space)
+        obs_ndim = len(spec.obs_shape)
+        if config.torso == "cnn" and obs_ndim != 3:
+            raise errors.ConfigError(
+                f"--torso=cnn needs image observations [H, W, C]; --env={config.env} has "
+                f"shape {tuple(spec.obs_shape)}"
+            )
+        self._build_networks(obs_ndim)
+        # The update rule acts on ONE flat vector of all parameters: every parameter
+        # leaf would otherwise cost its own few small kernels per step.
+        self.flat_optimizer = self._make_optimizer()
+        self.optimizer = optax.flatten(self.flat_optimizer)
+        self.acting = rollout_lib.Policy(
+            self.policy, self.dist.noise, self.dist.sample_from_noise, self.dist.log_prob,
+            spec.action_dim,
+        )
+
+    # ------------------------------------------------------------ to override
+    def on_device_update(self, state, key: jax.Array, env_ids: jax.Array, rollout: Rollout):
+        """One on-device update for one seed: act with ``rollout``, then ``learn``.
+
+        Args:
+          state: the seed's ``on_device.TrainState`` (no seed axis).
+          key: this update's key (the same on every device).
+          env_ids: ``[B_local]`` int32 global indices of this device's envs.
+          rollout: acts ``T`` steps in this device's envs (``Rollout``).
+
+        Returns:
+          ``(state, metrics)``.
+        """
+        raise NotImplementedError
+
+    def learn(self, params, opt_state, agent_state, traj: types.Transition, key, env_ids):
+        """The learning half of an update, on a trajectory from any actor.
+
+        Runs inside ``shard_map`` over the data axis (gradients averaged with
+        ``pmean``), for one seed.
+
+        Args:
+          params, opt_state, agent_state: the learner's state before the update.
+          traj: ``Transition`` ``[T, B_local, ...]`` of this device's environments.
+          key: PRNG key of this update (the same on every device).
+          env_ids: ``[B_local]`` int32 global indices of the trajectory's environments.
+
+        Returns:
+          ``(params, opt_state, agent_state, metrics)``; metrics are scalars, already
+          averaged over the mesh.
+        """
+        raise NotImplementedError
+
+    def _build_networks(self, obs_ndim: int) -> None:
+        """Creates the agent's flax modules (default: separate policy and value MLPs)."""
+        config, dot_general = self.config, self.tuning.dot_general
+        self.policy_net = networks.PolicyNetwork(
+            config.hidden_sizes, self.spec.action_dim, self.dist.discrete, config.activation,
+            obs_ndim=obs_ndim, torso=config.torso, dot_general=dot_general,
+        )
+        self.value_net = networks.ValueNetwork(
+            config.hidden_sizes, config.activation, obs_ndim, torso=config.torso,
+            dot_general=dot_general,
+        )
+
+    def agent_state_specs(self, seed_axis: bool) -> Any:
+        """``PartitionSpec`` (or a pytree prefix of them) of ``agent_state`` over the mesh.
+
+        Default ``P()``: replicated. ``seed_axis``: the on-device state has a leading
+        seed axis (the host learner's has none). Ape-X shards its replay here.
+        """
+        del seed_axis
+        return P()
+
+    def act(self, params, obs: jax.Array, key: jax.Array, env_ids: jax.Array):
+        """One acting step: ``(action, log_prob, dist_params, next_key)`` for ``obs``
+        ``[B, ...]``, sampling from the policy (``env_ids`` ``[B]``: unused here)."""
+        del env_ids
+        key, noise_key = jax.random.split(key)
+        dist_params = self.policy(params, obs)
+        noise = self.dist.noise(noise_key, obs.shape[:1], self.spec.action_dim)
+        action = self.dist.sample_from_noise(dist_params, noise)
+        return action, self.dist.log_prob(dist_params, action), dist_params, key
+
+    # ``(params, traj [T, B, ...], env_ids [B]) -> batch`` run on the actor before
+    # sending (Ape-X: n-step transitions and priorities), or None to send the raw
+    # ``Transition``.
+    actor_batch: Callable | None = None
+
+    def init_agent_state(self, params: types.Params) -> Any:
+        """The agent's own initial state for one seed (default: none)."""
+        del params
+        return ()
+
+    def optimizer_steps(self) -> int:
+        """Optimizer steps over the whole run (the horizon of learning-rate annealing)."""
+        return self.config.num_updates
+
+    # ---------------------------------------------------------------- pieces
+    def functions(self) -> AgentFunctions:
+        """This agent's ``AgentFunctions`` (``act`` jitted; the rest traced by the caller)."""
+        return AgentFunctions(
+            init=self.init, act=jax.jit(self.act), learn=self.learn,
+            actor_step=self.actor_batch, agent_state_specs=self.agent_state_specs(False),
+            policy=self.policy, mode=self.dist.mode,
+        )
+
+    def init(self, key: jax.Array):
+        """``(params, opt_state, agent_state)`` of a fresh run from ``key``."""
+        params = self.init_params(key)
+        return params, self.optimizer.init(params), self.init_agent_state(params)
+
+    def _make_optimizer(self) -> optax.GradientTransformation:
+        cfg = self.config
+        lr = cfg.lr
+        if cfg.anneal_lr:
+            lr = optax.linear_schedule(cfg.lr, 0.0, self.optimizer_steps())
+        if cfg.optimizer == "adam":
+            opt = optax.adam(lr, eps=cfg.opt_eps)
+        else:
+            opt = optax.rmsprop(lr, decay=0.99, eps=cfg.opt_eps)
+        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
+
+    def policy(self, params: types.Params, obs: jax.Array) -> Any:
+        """Distribution parameters of π(·|obs) for ``obs`` ``[..., *obs_shape]``."""
+        return self.policy_net.apply(params["policy"], obs)
+
+    def value(self, params: types.Params, obs: jax.Array) -> jax.Array:
+        """V(obs), ``[...]`` float32."""
+        return self.value_net.apply(params["value"], obs)
+
+    def values_and_next_values(self, params, traj: types.Transition):
+        """``V(x_t)`` and ``V(x'_{t+1})`` (the true, pre-reset successor) in one batched call."""
+        all_values = self.value(params, jnp.concatenate([traj.obs, traj.next_obs], axis=0))
+        return jnp.split(all_values, 2, axis=0)
+
+    def discounts(self, traj: types.Transition) -> jax.Array:
+        """``γ_t = γ·(1 − terminated_t)``: termination stops bootstrapping, truncation does not."""
+        return self.config.gamma * (1.0 - traj.terminated.astype(jnp.float32))
+
+    def init_params(self, key: jax.Array) -> types.Params:
+        """Fresh ``{"policy", "value"}`` parameters for one seed."""
+        policy_key, value_key, _ = jax.random.split(key, 3)
+        dummy_obs = jnp.zeros(self.spec.obs_shape, jnp.float32)
+        return {
+            "policy": self.policy_net.init(policy_key, dummy_obs),
+            "value": self.value_net.init(value_key, dummy_obs),
+        }

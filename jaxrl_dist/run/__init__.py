@@ -1,0 +1,14 @@
+"""The run shell: the outer loop every run shares, whatever acts.
+
+``shell.run(path, settings, workdir, log, progress_fn)`` takes an acting path
+(``shell.ActingPath``: on-device gymnax envs, ``jaxrl_dist.training``, or host
+actor threads, ``jaxrl_dist.host_training``) through the same named steps:
+check the settings, resume (identity check, restore), open the run files,
+prepare (initial state, compile), train (log points: records, progress, finite
+guard, checkpoint cadence), evaluate, and finish (final params, summary, plot).
+
+  settings  ``RunSettings`` and the log/checkpoint cadence.
+  files     metrics history, config.json, writers, identity check on resume.
+  progress  the console progress line (one ``progress_fn``).
+  shell     the ``ActingPath`` protocol and ``run``.
+"""

@@ -1,0 +1,30 @@
+"""The console progress line: one ``progress_fn(env_steps, metrics)``."""
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+ProgressFn = Callable[[int, dict[str, Any]], None]
+
+
+def console(log: Callable[[str], None], total_env_steps: int, every_s: float) -> ProgressFn:
+    """A ``progress_fn`` printing one line through ``log`` at most every ``every_s`` seconds
+    and at ``total_env_steps``: env steps, sps, the mean training return, the policy lag
+    where the record has one, and the wall time."""
+    last = [-math.inf]
+
+    def progress_fn(env_steps: int, metrics: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last[0] < every_s and env_steps < total_env_steps:
+            return
+        last[0] = now
+        lag = metrics.get("policy_lag/mean")
+        log(
+            f"env_steps {env_steps:>10d} | sps {metrics['sps']:>9.0f} | "
+            f"return {metrics['train/episode_return']:8.2f} | "
+            + (f"lag {lag:.2f} | " if lag is not None else "")
+            + f"wall {metrics['wall_s']:6.1f}s"
+        )
+
+    return progress_fn
