@@ -1,17 +1,19 @@
-"""The host-actor (Sebulba) run: actor threads, parameter server, learner devices.
+"""Host-actor ("Sebulba") runs: actor threads, a parameter server, learner devices.
 
-Actor threads (``actors/host_actor.py``) step Gymnasium vector envs and infer
-on actor devices; the learner (this module's loop, on the main thread) takes
-one rollout from each thread's bounded queue, runs the compiled update on the
-learner mesh and publishes the new parameters as the next version. Acting and
-learning overlap: while the learner trains on rollout ``r``, actors already
-collect rollout ``r + 1``.
+``train_host`` builds a ``HostPath`` and hands it to the run shell
+(``run/shell.py``), which owns everything a run does besides acting and
+learning. Actor threads (``actors/host_actor.py``) step Gymnasium vector envs and
+infer on actor devices with the agent's ``act``; the learner (the path's loop, on
+the main thread) takes one rollout from each thread's bounded queue, runs the
+agent's compiled ``learn`` on the learner mesh (``agents/host_learner.py``) and
+publishes the new parameters as the next version. Acting and learning overlap:
+while the learner trains on rollout ``r``, actors already collect rollout ``r + 1``.
 
 Stopping: Ctrl-C (``KeyboardInterrupt`` on this thread), a fatal error in any
 actor thread, or a stalled queue sets the shared stop event; every thread's
-waits time out within ``WAIT_S`` and the threads are joined; the parameters of
-the last finished update are checkpointed; the exception is re-raised so the
-entry point exits non-zero.
+waits time out within ``host_actor.WAIT_S`` and the threads are joined; the
+parameters of the last finished update are kept in checkpoint/; the exception is
+re-raised so the entry point exits non-zero.
 
 Checkpoints (with a workdir): every ``checkpoint_every`` updates and at the end,
 ``host_checkpoint`` saves the learner state, the behaviour parameters and every
@@ -43,7 +45,7 @@ from jaxrl_dist import (
     types,
     writers,
 )
-from jaxrl_dist.actors import host_actor
+from jaxrl_dist.actors import host_actor, host_metrics
 from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.agents import common, host_learner
 from jaxrl_dist.envs import gymnasium_env
@@ -145,49 +147,6 @@ def _transition_shapes(spec, act_fn, params, rollout_len: int, envs_per_thread: 
         next_obs=timed(obs), behaviour_log_prob=timed(log_prob),
         behaviour_dist=jax.tree.map(timed, dist),
     )
-
-
-class _Interval:
-    """Host-side sums over the updates between two log points."""
-
-    def __init__(self):
-        self.lags: list[int] = []
-        self.episodes = [0.0, 0.0, 0]
-        self.timings = dict.fromkeys(
-            (*host_actor.TIMERS, "learner_queue_wait_s", "update_s"), 0.0
-        )
-        self.metrics: list[dict] = []
-        self.env_steps = 0
-        self.actor_env_steps = 0  # every step the actors took so far (run totals)
-        self.env_faults = 0
-
-    def add_rollout(self, rollout: host_actor.Rollout, version: int) -> None:
-        self.lags.append(version - rollout.version)
-        for i, value in enumerate(rollout.episode_sums):
-            self.episodes[i] += value
-        for name, value in rollout.timings.items():
-            self.timings[name] += value
-        self.env_steps += rollout.env_steps
-
-
-class _LagStats:
-    """Running min, sum, max and count of policy lags (the run's summary; checkpointed)."""
-
-    def __init__(self, low: float = np.inf, total: int = 0, high: float = -np.inf,
-                 count: int = 0):
-        self.low, self.total, self.high, self.count = low, total, high, count
-
-    def add(self, lags: list[int]) -> None:
-        if lags:
-            self.low, self.high = min(self.low, min(lags)), max(self.high, max(lags))
-            self.total, self.count = self.total + sum(lags), self.count + len(lags)
-
-    def __iter__(self):
-        return iter((int(self.low), self.total, int(self.high), self.count))
-
-    def summary(self) -> dict[str, float]:
-        return {"policy_lag/min": int(self.low), "policy_lag/mean": self.total / self.count,
-                "policy_lag/max": int(self.high)}
 
 
 def _run_meta(config, settings: RunSettings, host: HostSettings, num_processes: int) -> dict:
@@ -328,7 +287,7 @@ class HostPath:
         self.init_key, self.train_key = jax.random.split(jax.random.key(settings.seed))
         self.state = self.behaviour = None
         self.actor_starts = [None] * host.num_threads
-        self.lags = _LagStats()
+        self.lags = host_metrics.LagStats()
         self.newest_updates = 0
         self.threads: list[host_actor.ActorThread] = []
         self.stop = threading.Event()
@@ -358,7 +317,7 @@ class HostPath:
             ) from None
         threads = self.host.num_threads
         self.actor_starts = actors[self.process * threads:(self.process + 1) * threads]
-        self.lags = _LagStats(*meta.get("policy_lag", ()))
+        self.lags = host_metrics.LagStats(*meta.get("policy_lag", ()))
         self.newest_updates = step
 
     def chunk(self, start_update: int) -> int:
@@ -461,7 +420,7 @@ class HostPath:
         all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
             [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
         )))
-        interval, t_last = _Interval(), time.time()
+        interval, t_last = host_metrics.Interval(), time.time()
         for u in range(start_update, self.num_updates):
             self._update(u, interval)
             if not self._is_log_point(u + 1):
@@ -470,14 +429,14 @@ class HostPath:
             interval.actor_env_steps = sum(t.env_steps for t in self.threads)
             interval.env_faults = sum(t.env_faults for t in self.threads)
             if self.num_processes > 1:
-                _gather_interval(interval)
-            record = _record(interval, (u + 1) * self.steps_per_update, now - t_last)
+                host_metrics.gather_interval(interval)
+            record = host_metrics.record(interval, (u + 1) * self.steps_per_update, now - t_last)
             self.lags.add(interval.lags)
             guard = (interval, bool(all_finite(self.state.params)))
             yield shell.LogPoint(u + 1, record, self._is_checkpoint(u + 1), guard)
-            interval, t_last = _Interval(), now
+            interval, t_last = host_metrics.Interval(), now
 
-    def _update(self, u: int, interval: "_Interval") -> None:
+    def _update(self, u: int, interval: host_metrics.Interval) -> None:
         """Update ``u``: waits for rollout ``u`` of every thread, learns, publishes ``u + 1``."""
         host = self.host
         t0 = time.perf_counter()
@@ -506,7 +465,7 @@ class HostPath:
     def check_finite(self, point: shell.LogPoint, where: str) -> None:
         del where  # the last finite parameters are saved in checkpoint/ on failure
         interval, params_finite = point.guard
-        _check_finite(interval, point.updates, params_finite, self.good[0])
+        host_metrics.check_finite(interval, point.updates, params_finite, self.good[0])
         self.good = (point.updates, self.state.params)
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -593,57 +552,3 @@ def _to_learner(sharding, num_processes: int) -> Callable:
     return lambda tree: jax.tree.map(put, tree)
 
 
-def _gather_interval(interval: _Interval) -> None:
-    """Makes ``interval``'s episode counts, env steps and policy lags those of every
-    process (a collective: every process calls it at the same log point; each has as
-    many threads and updates, so as many lags). Timings stay this process's."""
-    from jax.experimental import multihost_utils
-
-    sums = np.array([*interval.episodes, interval.env_steps, interval.actor_env_steps,
-                     interval.env_faults], np.float64)
-    sums, lags = multihost_utils.process_allgather(
-        (sums, np.asarray(interval.lags, np.int64))
-    )
-    total = np.asarray(sums).sum(axis=0)
-    interval.episodes = [float(total[0]), float(total[1]), int(total[2])]
-    interval.env_steps, interval.actor_env_steps, interval.env_faults = map(int, total[3:6])
-    interval.lags = [int(v) for v in np.asarray(lags).reshape(-1)]
-
-
-def _check_finite(interval: _Interval, done_updates: int, params_finite: bool,
-                  good_update: int) -> None:
-    """Raises NonFiniteError naming the first update of ``interval`` with a NaN/inf metric."""
-    first = done_updates - len(interval.metrics) + 1
-    for i, metrics in enumerate(jax.device_get(interval.metrics)):
-        names = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
-        if names:
-            raise errors.NonFiniteError(
-                f"non-finite {', '.join(names)} at update {first + i}; stopped, parameters of "
-                f"update {good_update} (the last finite ones) saved in checkpoint/"
-            )
-    if not params_finite:
-        raise errors.NonFiniteError(
-            f"non-finite parameters after update {done_updates}; stopped, parameters of "
-            f"update {good_update} (the last finite ones) saved in checkpoint/"
-        )
-
-
-def _record(interval: _Interval, env_steps: int, dt: float) -> dict:
-    host_metrics = jax.device_get(interval.metrics)
-    returns, lengths, count = interval.episodes
-    record = {
-        "env_steps": env_steps,
-        "actor_env_steps": interval.actor_env_steps,
-        "sps": interval.env_steps / dt,
-        "train/episode_return": returns / count if count else float("nan"),
-        "train/episode_length": lengths / count if count else float("nan"),
-        "train/episodes": count,
-        "policy_lag/min": int(min(interval.lags)),
-        "policy_lag/mean": float(np.mean(interval.lags)),
-        "policy_lag/max": int(max(interval.lags)),
-        "env_faults": interval.env_faults,
-        **{f"time/{k}": v for k, v in interval.timings.items()},
-    }
-    for name in host_metrics[0]:
-        record[name] = float(np.mean([m[name] for m in host_metrics]))
-    return record

@@ -64,9 +64,9 @@ def test_epsilon_greedy_samples_and_log_probs():
 
 def test_dueling_head_averages_to_the_state_value():
     learner = make()
-    params = learner.init_params(jax.random.key(1))
+    params = learner.agent.init_params(jax.random.key(1))
     obs = jax.random.normal(jax.random.key(2), (5, 4))
-    q, state = learner.q_net.apply(params["q"], obs, capture_intermediates=True)
+    q, state = learner.agent.q_net.apply(params["q"], obs, capture_intermediates=True)
     # The value stream's output layer is the one Dense with a single unit.
     values = [x for x in jax.tree.leaves(state["intermediates"]) if x.shape == (5, 1)]
     assert len(values) == 1
@@ -99,14 +99,14 @@ def loop_priorities(q_fn, traj, gamma, n, eps):
 
 def test_actor_priorities_match_a_plain_loop():
     learner = make(n_step=3)
-    params = learner.init_params(jax.random.key(3))
+    params = learner.agent.init_params(jax.random.key(3))
     rng = np.random.default_rng(0)
     num_steps, batch = 7, 3
     obs = rng.normal(size=(num_steps, batch, 4)).astype(np.float32)
     next_obs = rng.normal(size=(num_steps, batch, 4)).astype(np.float32)
     terminated = rng.random((num_steps, batch)) < 0.2
     truncated = (rng.random((num_steps, batch)) < 0.2) & ~terminated
-    q = learner.q_values(params, obs)
+    q = learner.agent.q_values(params, obs)
     traj = types.Transition(
         obs=obs, action=rng.integers(0, 2, (num_steps, batch)).astype(np.int32),
         reward=rng.normal(size=(num_steps, batch)).astype(np.float32),
@@ -114,9 +114,9 @@ def test_actor_priorities_match_a_plain_loop():
         behaviour_log_prob=np.zeros((num_steps, batch), np.float32),
         behaviour_dist=distributions.EpsGreedyParams(q, jnp.zeros((num_steps, batch))),
     )
-    batch_out = jax.jit(learner.actor_batch)(params, traj)
+    batch_out = jax.jit(learner.agent.actor_batch)(params, traj)
     want, want_returns = loop_priorities(
-        lambda o: learner.q_values(params, o), traj, learner.config.gamma, 3,
+        lambda o: learner.agent.q_values(params, o), traj, learner.config.gamma, 3,
         learner.config.priority_eps,
     )
     np.testing.assert_allclose(batch_out.priorities, want, rtol=1e-5, atol=1e-6)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from jaxrl_dist import agents, cpu_threads
+from jaxrl_dist import agents
+from jaxrl_dist.cpu import threads as cpu_threads
 from tests.test_cli import TRAIN, script_job
 
 SMALL = dict(num_envs=4, rollout_len=128, lr=2.5e-4)  # PureJaxRL's CartPole config
@@ -117,7 +118,7 @@ def test_backend_created_after_a_computation():
 
 POOL = """
 import sys
-from jaxrl_dist import cpu_threads
+from jaxrl_dist.cpu import threads as cpu_threads
 if sys.argv[1] != "default":
     cpu_threads.set_threads(int(sys.argv[1]))
 import jax.numpy as jnp

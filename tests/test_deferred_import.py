@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from jaxrl_dist.envs import deferred_import
+from jaxrl_dist.cpu import deferred_import
 
 
 def _run(code: str) -> str:

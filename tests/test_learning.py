@@ -5,7 +5,8 @@ import json
 import pytest
 from test_cli import TRAIN, script_job
 
-from jaxrl_dist import agents, compile_options
+from jaxrl_dist import agents
+from jaxrl_dist.cpu import compile_options
 
 
 def background_runs(items, tmp_path_factory):

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import matmul, networks
+from jaxrl_dist import networks
+from jaxrl_dist.cpu import matmul
 
 
 @pytest.mark.parametrize("x_shape", [(128, 64), (16, 8, 4), (5, 3)])
@@ -37,7 +38,7 @@ def test_matmul_under_vmap_matches_per_example_gradients():
 
 
 def test_dense_uses_it_and_other_contractions_fall_back():
-    mlp = networks.MLP((8,), 3)
+    mlp = networks.MLP((8,), 3, dot_general=matmul.dense_dot_general)
     x = jnp.ones((6, 5))
     params = mlp.init(jax.random.key(0), x)
 

@@ -128,7 +128,7 @@ def test_kl_beta_adapts_to_the_kl_after_the_update():
     def local(state, key):
         env_ids = learner.local_env_ids()
         _, traj, _ = learner.rollout(state.params, state.env_state, key, env_ids)
-        params, _, agent_state, metrics = learner.learn(
+        params, _, agent_state, metrics = learner.agent.learn(
             state.params, state.opt_state, state.agent_state, traj, key, env_ids)
         return traj.obs, params, agent_state.kl_beta, metrics
 

@@ -1,4 +1,4 @@
-"""README's bad-input table lists every bad input the tests try."""
+"""docs/bad_input.md's bad-input table lists every bad input the tests try."""
 
 import os
 
@@ -6,7 +6,9 @@ import pytest
 
 from tests import test_cli, test_compare, test_multihost, test_sweep
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+BAD_INPUT_DOC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "bad_input.md"
+)
 CASES = [
     *[("train.py", a, m) for a, m in test_cli.BAD_INPUTS],
     *[("benchmark.py", a, m) for a, m in test_cli.BENCHMARK_BAD_INPUTS],
@@ -17,8 +19,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("script", "args", "message"), CASES)
-def test_bad_input_is_in_the_readme_table(script, args, message):
-    with open(README, encoding="utf-8") as f:
+def test_bad_input_is_in_the_bad_input_table(script, args, message):
+    with open(BAD_INPUT_DOC, encoding="utf-8") as f:
         rows = [line for line in f if line.startswith(f"| {script} | `{' '.join(args)}` |")]
-    assert rows, f"README's bad-input table lacks {script} {' '.join(args)}"
+    assert rows, f"docs/bad_input.md's bad-input table lacks {script} {' '.join(args)}"
     assert message.replace("|", "\\|") in rows[0]

@@ -108,13 +108,13 @@ def test_apex_resume_restores_replay_optimizer_and_rng(tmp_path):
     settings = training.RunSettings(**QUIET)
     full = training.train(config, settings, str(tmp_path / "full"), log=lambda s: None)
 
-    def crash_after_24_updates(line):
-        if line.startswith("env_steps") and int(line.split()[1]) >= 24 * config.steps_per_update:
+    def crash_after_24_updates(env_steps, metrics):
+        if env_steps >= 24 * config.steps_per_update:
             raise Crash
 
-    settings_p = training.RunSettings(**dict(QUIET, progress_every_s=0.0))
     with pytest.raises(Crash):
-        training.train(config, settings_p, str(tmp_path / "cut"), progress=crash_after_24_updates)
+        training.train(config, settings, str(tmp_path / "cut"), log=lambda s: None,
+                       progress_fn=crash_after_24_updates)
     resumed = training.train(
         config, training.RunSettings(**QUIET, resume=True), str(tmp_path / "cut"),
         log=lambda s: None,
@@ -140,15 +140,15 @@ def test_ctrl_c_while_a_chunk_is_fetched_saves_the_newest_state_under_its_own_up
 
     pressed = []
 
-    def ctrl_c_at_the_first_log_line(line):
-        if line.startswith("env_steps") and not pressed:
-            pressed.append(line)
+    def ctrl_c_at_the_first_log_line(env_steps, metrics):
+        if not pressed:
+            pressed.append(env_steps)
             raise KeyboardInterrupt
 
     cut = str(tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
-        training.train(config, training.RunSettings(**settings, progress_every_s=0.0), cut,
-                       progress=ctrl_c_at_the_first_log_line)
+        training.train(config, training.RunSettings(**settings), cut, log=lambda s: None,
+                       progress_fn=ctrl_c_at_the_first_log_line)
     steps = [r["env_steps"] for r in records(cut)]
     assert steps == sorted(set(steps)), steps  # no chunk logged twice
     resumed = training.train(config, training.RunSettings(**settings, resume=True), cut,

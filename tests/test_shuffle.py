@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import shuffle
+from jaxrl_dist.cpu import shuffle
 
 SORTED_N = 1024  # 8 rows of 1024: 8·1024² > MAX_RANK_ELEMENTS, the sorting branch
 
