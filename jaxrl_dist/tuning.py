@@ -18,7 +18,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrl_dist import errors
+
 CPU = "cpu"
+
+# ``--chunk_compile``: how the on-device training chunk compiles on CPU (quick: shorter
+# compile, slower steps; auto: by the run's size, cpu.compile_options). One way elsewhere.
+CHUNK_TIERS = ("auto", "quick", "optimized")
 
 
 class Tuning(NamedTuple):
@@ -94,11 +100,17 @@ class Tuning(NamedTuple):
         elsewhere (one way to compile there).
 
         Raises:
-          ConfigError: ``tier`` is not one of ``auto``, ``quick``, ``optimized``.
+          ConfigError: ``tier`` is not one of ``CHUNK_TIERS``.
         """
+        if tier not in CHUNK_TIERS:
+            raise errors.ConfigError(
+                f"--chunk_compile must be one of {', '.join(CHUNK_TIERS)}, got {tier!r}"
+            )
+        if not self.cpu:
+            return "default"
         from jaxrl_dist.cpu import compile_options
 
-        return compile_options.chunk_tier(tier, env_steps, cpu=self.cpu)
+        return compile_options.chunk_tier(tier, env_steps)
 
 
 def for_platform(platform: str) -> Tuning:
@@ -128,12 +140,12 @@ def deferred_imports(*names: str) -> contextlib.AbstractContextManager:
     return deferred_import.deferred(*names)
 
 
-def exit_process(code: int, platform: str | None = None) -> Callable[[], None] | None:
-    """Ends a finished CPU process at once (``cpu.process_exit``); on another platform
-    returns ``None`` and the caller exits normally."""
+def exit_process(code: int, platform: str | None = None) -> None:
+    """Ends a finished process with ``code`` at once when it ran on CPU
+    (``cpu.process_exit``: no interpreter teardown); on another platform returns, and
+    the caller exits normally."""
     if (platform or jax.default_backend()) != CPU:
-        return None
+        return
     from jaxrl_dist.cpu import process_exit
 
     process_exit.exit_now(code)
-    return None

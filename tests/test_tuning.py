@@ -11,6 +11,7 @@ from jaxrl_dist.cpu import compile_options, matmul, shuffle
 CPU_HELPERS = (
     (matmul, "matmul"), (matmul, "dense_dot_general"), (shuffle, "permutations"),
     (compile_options, "run_once"), (compile_options, "training"),
+    (compile_options, "chunk_tier"),
 )
 
 
@@ -58,8 +59,8 @@ def test_a_ppo_update_for_cpu_uses_the_cpu_helpers(cpu_calls):
     text, learner = _lowered_ppo_chunk("cpu")
     assert "optimization_barrier" in text  # the Dense backward layout
     assert "stablehlo.sort" not in text  # the sort-free shuffle
-    assert {"dense_dot_general", "matmul", "permutations", "run_once", "training"} <= set(
-        cpu_calls)
+    assert {"dense_dot_general", "matmul", "permutations", "run_once", "training",
+            "chunk_tier"} <= set(cpu_calls)
     assert learner.tuning.training_options() == {"xla_backend_optimization_level": 2}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from jaxrl_dist import errors
+from jaxrl_dist.tuning import CHUNK_TIERS
 
 # XLA's DebugOptions fields: level 0 = no LLVM optimisation of the generated kernels,
 # 3 = XLA's default.
@@ -26,7 +27,6 @@ _RUN_ONCE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters":
 _TRAINING = {"xla_backend_optimization_level": 2}
 _QUICK_TRAINING = {**_TRAINING, "xla_cpu_use_fusion_emitters": False}
 
-CHUNK_TIERS = ("auto", "quick", "optimized")
 QUICK_CHUNK_MAX_ENV_STEPS = 500_000  # where the quick tier's slower steps cancel its saving
 
 
@@ -52,18 +52,17 @@ def training(quick: bool = False) -> dict[str, Any]:
     return dict(_QUICK_TRAINING if quick else _TRAINING)
 
 
-def chunk_tier(tier: str, env_steps: int, cpu: bool = True) -> str:
-    """Resolves ``--chunk_compile`` to the tier that takes effect.
+def chunk_tier(tier: str, env_steps: int) -> str:
+    """Resolves ``--chunk_compile`` to the tier that takes effect on CPU.
 
     Args:
-      tier: one of ``CHUNK_TIERS``; ``"auto"`` picks quick for runs of at most
+      tier: one of ``tuning.CHUNK_TIERS``; ``"auto"`` picks quick for runs of at most
         ``QUICK_CHUNK_MAX_ENV_STEPS`` env steps.
       env_steps: the whole run's env steps over all seeds.
-      cpu: whether the chunk runs on CPU devices.
 
     Returns:
       ``"quick"`` or ``"optimized"``; ``"default"`` where the two tiers compile the
-      same (not CPU, or ``jax_disable_most_optimizations`` set).
+      same (``jax_disable_most_optimizations`` set).
 
     Raises:
       ConfigError: ``tier`` is not one of ``CHUNK_TIERS``.
@@ -72,7 +71,7 @@ def chunk_tier(tier: str, env_steps: int, cpu: bool = True) -> str:
         raise errors.ConfigError(
             f"--chunk_compile must be one of {', '.join(CHUNK_TIERS)}, got {tier!r}"
         )
-    if not cpu or training(quick=True) == training(quick=False):
+    if training(quick=True) == training(quick=False):
         return "default"
     if tier == "auto":
         return "quick" if env_steps <= QUICK_CHUNK_MAX_ENV_STEPS else "optimized"
