@@ -34,7 +34,7 @@ def _orthonormalize_columns(a: jax.Array) -> jax.Array:
         # One column needs no projection. Written out rather than as a one-trip loop:
         # XLA unrolls that loop, and the fused zero projections left in it were compiled
         # into code whose rounding depended on the CPU thread count when run-once
-        # programs skip the fusion emitters (compile_options), so PPO's value head
+        # programs skip the fusion emitters (cpu.compile_options), so PPO's value head
         # [64, 1] differed by 3e-8 between 1 and 2 XLA threads for 4 x 128 envs.
         return a / jnp.sqrt(jnp.sum(a * a))
 

@@ -267,8 +267,3 @@ class OnDevicePath:
             for h in history
         ], dtype=np.float64).reshape(len(history), self.num_seeds)
 
-
-def abstract_state(learner, init_keys) -> Any:
-    """The train state's shapes and dtypes with its shardings (to restore into)."""
-    return files.abstract_state(learner.init, (init_keys,), learner.state_shardings)
-

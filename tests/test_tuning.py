@@ -1,11 +1,13 @@
 """The one CPU/plain switch (``jaxrl_dist.tuning``): a program built for another platform
 holds nothing of ``jaxrl_dist.cpu``; one built for CPU does; both compute the same."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, parallel, tuning
+from jaxrl_dist import agents, parallel, training, tuning
 from jaxrl_dist.cpu import compile_options, matmul, shuffle
 
 CPU_HELPERS = (
@@ -89,4 +91,34 @@ def test_plain_and_cpu_tuned_updates_compute_the_same(agent):
         state, _ = learner.make_train_chunk(3)(learner.init(init_keys), train_keys)
         results.append(jax.device_get(state.params))
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_run_of_plain_programs_resumes_in_cpu_tuned_ones(tmp_path):
+    # What a run moved from a GPU to a CPU meets: the checkpoint was written by the plain
+    # programs (built as for an accelerator), the resumed run compiles the CPU-tuned ones.
+    config = agents.default_config("a2c", "CartPole-v1", num_envs=4, rollout_len=5,
+                                   total_steps=4 * 5 * 16)
+    settings = training.RunSettings(num_devices=1, eval_episodes=2, log_points=8,
+                                    checkpoint_every=4)
+    full = training.train(config, settings, str(tmp_path / "full"), log=lambda s: None)
+
+    def crash_after_8_updates(env_steps, metrics):
+        if env_steps >= 8 * config.steps_per_update:
+            raise Crash
+
+    cut = str(tmp_path / "cut")
+    with pytest.raises(Crash):
+        training.train(config, settings, cut, log=lambda s: None,
+                       progress_fn=crash_after_8_updates, tuning_=tuning.for_platform("gpu"))
+    resumed = training.train(config, dataclasses.replace(settings, resume=True), cut,
+                             log=lambda s: None)
+    assert resumed["resumed_from"] == 4
+    assert resumed["chunk_tier"] != "default"  # compiled for CPU this time
+    for a, b in zip(jax.tree.leaves(resumed["params"]), jax.tree.leaves(full["params"]),
+                    strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
