@@ -289,6 +289,7 @@ class HostPath:
         self.actor_starts = [None] * host.num_threads
         self.lags = host_metrics.LagStats()
         self.newest_updates = 0
+        self.good: tuple[int, Any] | None = None  # (update, params) of the last finite log point
         self.threads: list[host_actor.ActorThread] = []
         self.stop = threading.Event()
         self.server = param_server_lib.ParamServer(keep=2)
@@ -494,7 +495,7 @@ class HostPath:
         failing run's peers may never reach a save)."""
         if self.state is None:
             return None
-        params = self.good[1] if nonfinite and hasattr(self, "good") else self.state.params
+        params = self.good[1] if nonfinite and self.good else self.state.params
         return jax.device_get(_local(params))
 
     def evaluate(self) -> np.ndarray:
