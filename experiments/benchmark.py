@@ -39,7 +39,7 @@ import time
 
 from absl import app, flags, logging
 
-from jaxrl_dist import cli, errors
+from jaxrl_dist import cli, errors, tuning
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
@@ -51,6 +51,13 @@ flags.DEFINE_float(
     "raw_seconds", 5.0, "Host actors: seconds of random-action stepping for the raw rate."
 )
 flags.DEFINE_integer("repeats", 1, "Timed runs; the best sps is reported (each run recompiles).")
+flags.DEFINE_enum(
+    "kernels", "auto", ["auto", "plain", "cpu"],
+    "On-device path: auto = the devices' own tuning (jaxrl_dist.tuning); plain = the "
+    "accelerator programs (flax's Dense dot, jax.random.permutation) on any backend; cpu = "
+    "the CPU helpers' kernels (Dense backward layout, sort-free shuffle) on any backend, "
+    "with the backend's own compile options off CPU. For comparing the two network paths.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -104,7 +111,8 @@ def main(argv):
     runs = []
     for _ in range(FLAGS.repeats):
         t_run = time.time()
-        summary = training.train(config, settings, None, log=lambda s: None)
+        summary = training.train(config, settings, None, log=lambda s: None,
+                                 tuning_=kernels_tuning(FLAGS.kernels))
         summary["total_s"] = time.time() - t_run
         runs.append(summary)
     best = max(runs, key=lambda r: r["sps"])
@@ -133,6 +141,7 @@ def main(argv):
         "final_train_return": best["history"][-1]["train/episode_return"],
         "eval_return": best["eval/episode_return"],
         "num_devices": settings.num_devices or jax.device_count(),
+        "kernels": FLAGS.kernels,
         **machine_fields(),
     }
     rows = [
@@ -152,6 +161,33 @@ def main(argv):
         ("peak RSS (MB)", f"{result['peak_rss_mb']}"),
     ]
     print_table(rows, result)
+
+
+def kernels_tuning(kernels: str):
+    """The ``tuning_`` for ``--kernels``: None (auto), plain or CPU kernels on any backend."""
+    import jax
+
+    if kernels == "auto":
+        return None
+    if kernels == "plain":
+        return tuning.for_platform("plain")
+    if jax.default_backend() == tuning.CPU:
+        return tuning.for_platform(tuning.CPU)
+    return _CpuKernels(tuning.CPU)
+
+
+class _CpuKernels(tuning.Tuning):
+    """The CPU helpers' kernels with the accelerator's own compile options (XLA:CPU's
+    options do not apply to other backends)."""
+
+    def run_once_options(self):
+        return {}
+
+    def training_options(self, tier="optimized"):
+        return {}
+
+    def chunk_tier(self, tier, env_steps):
+        return "default"
 
 
 def machine_fields() -> dict:
