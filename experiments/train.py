@@ -74,8 +74,16 @@ def check_resume(workdir: str, config) -> None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise errors.ConfigError(f"--resume: {workdir} holds no run (no config.json)")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise errors.ConfigError(
+            f"--resume: {path} is damaged ({type(e).__name__}: {e}); restore it from a "
+            "copy, or start a new run in another --workdir"
+        ) from None
     now = {k: writers.jsonable(v) for k, v in dataclasses.asdict(config).items()}
     now.update(agent=config.agent, seed=FLAGS.seed, num_seeds=FLAGS.num_seeds)
     for name, value in now.items():
@@ -110,6 +118,7 @@ def main(argv):
         cli.fail(str(e))
 
     from jaxrl_dist import distributed
+    from jaxrl_dist.run import files
 
     # Joins the other processes before anything else touches JAX.
     distributed.initialize(dist)
@@ -121,11 +130,14 @@ def main(argv):
         )
         if FLAGS.resume:
             check_resume(workdir, config)
-        elif os.path.exists(os.path.join(workdir, "metrics.jsonl")) and not FLAGS.overwrite:
+        elif files.holds_run(workdir) and not FLAGS.overwrite:
             raise errors.ConfigError(
-                f"--workdir={workdir} already holds a run (metrics.jsonl); "
-                "choose a new --workdir, pass --overwrite, or --resume it"
+                f"--workdir={workdir} already holds a run (metrics.jsonl records or "
+                "checkpoints); choose a new --workdir, pass --overwrite, or --resume it"
             )
+        # What a run that stopped before its first update left: replaced, as said.
+        leftovers = not FLAGS.resume and not FLAGS.overwrite and any(
+            os.path.exists(os.path.join(workdir, name)) for name in OUTPUTS)
         check_workdir_writable(workdir)
     except errors.ConfigError as e:
         cli.fail(str(e))
@@ -133,7 +145,10 @@ def main(argv):
     from jaxrl_dist import training, tuning
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
-    if FLAGS.overwrite and os.path.exists(workdir) and distributed.is_primary():
+    if leftovers and distributed.is_primary():
+        print(f"reusing --workdir={workdir}: the run there stopped before its first update",
+              flush=True)
+    if (FLAGS.overwrite or leftovers) and os.path.exists(workdir) and distributed.is_primary():
         import shutil
 
         for name in OUTPUTS:

@@ -49,7 +49,7 @@ from jaxrl_dist.actors import host_actor, host_metrics
 from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.agents import common, host_learner
 from jaxrl_dist.envs import gymnasium_env
-from jaxrl_dist.run import files, shell
+from jaxrl_dist.run import files, memory, shell
 from jaxrl_dist.run.progress import ProgressFn
 from jaxrl_dist.run.settings import RunSettings
 
@@ -302,6 +302,15 @@ class HostPath:
             **{f"host_{k}": v for k, v in dataclasses.asdict(self.host).items()},
             backend=jax.default_backend(), num_processes=self.num_processes,
         )
+
+    def memory_parts(self) -> tuple[list[memory.Part], Any, dict[str, Any]]:
+        abstract = files.abstract_state(
+            self.learner.init, (self.init_key,), self.learner.state_shardings
+        )
+        # A rollout of every thread of every process, split over the learner mesh.
+        steps = self.steps_per_update // self.learner.mesh.size
+        parts = memory.run_parts(self.config, abstract, self.spec.obs_shape, steps)
+        return parts, self.learner.mesh.devices.flat[0], memory.flag_values(self.config, 1)
 
     def restore(self, checkpointer, step: int) -> None:
         abstract = files.abstract_state(

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxrl_dist import agents, distributed, errors, evaluation, parallel, writers
 from jaxrl_dist.agents import common, on_device
-from jaxrl_dist.run import files, shell
+from jaxrl_dist.run import files, memory, shell
 from jaxrl_dist.run.progress import ProgressFn
 from jaxrl_dist.run.settings import (  # noqa: F401 - the run's settings, re-exported
     MIN_DEFAULT_CHECKPOINT_STEPS,
@@ -122,6 +122,16 @@ class OnDevicePath:
 
             record["cpu_threads"] = threads.configured()
         return record
+
+    def memory_parts(self) -> tuple[list[memory.Part], Any, dict[str, Any]]:
+        abstract = files.abstract_state(
+            self.learner.init, (self.init_keys,), self.learner.state_shardings
+        )
+        steps = self.steps_per_update * self.num_seeds // self.mesh.size
+        parts = memory.run_parts(self.config, abstract, self.learner.agent.spec.obs_shape,
+                                 steps)
+        return parts, self.mesh.devices.flat[0], memory.flag_values(self.config,
+                                                                     self.num_seeds)
 
     def restore(self, checkpointer, step: int) -> None:
         t0 = time.time()

@@ -9,25 +9,61 @@ import jax
 from jaxrl_dist import errors, writers
 
 
-def read_history(workdir: str, max_env_steps: int) -> list[dict[str, Any]]:
-    """The log records of ``<workdir>/metrics.jsonl`` up to ``max_env_steps`` (per seed).
+def read_history(workdir: str, max_env_steps: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """The log records of ``<workdir>/metrics.jsonl`` up to ``max_env_steps`` (per seed),
+    and the numbers (1-based) of the lines that could not be parsed (skipped: a line cut
+    by a kill, or damaged), in that order.
 
-    Stops at a line cut by a kill or at the summary line of a finished run.
+    Stops at the summary line of a finished run or at the first record past
+    ``max_env_steps``. A missing file gives no records.
     """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
-        return []
-    history = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+        return [], []
+    history, damaged = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                break
-            if "params_sha256" in record or record.get("env_steps", 0) > max_env_steps:
+                steps = record["env_steps"]
+                if not isinstance(steps, int):
+                    raise TypeError(steps)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if line.strip():
+                    damaged.append(number)
+                continue
+            if "params_sha256" in record or steps > max_env_steps:
                 break
             history.append(record)
-    return history
+    return history, damaged
+
+
+def history_note(workdir: str, history: list[dict[str, Any]], damaged: list[int],
+                 start_steps: int) -> str | None:
+    """The one line a resume reports about metrics.jsonl (``None``: nothing to say)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return f"resume: {path} is missing; a new one starts at env step {start_steps}"
+    if damaged:
+        lines = ", ".join(map(str, damaged[:10])) + (" ..." if len(damaged) > 10 else "")
+        return (f"resume: {path}: skipped {len(damaged)} unreadable line(s) ({lines}); "
+                f"kept {len(history)} record(s)")
+    return None
+
+
+def holds_run(workdir: str) -> bool:
+    """Whether ``workdir`` holds a run that got somewhere: a metrics.jsonl record or a
+    whole-run checkpoint. A run that stopped before its first update leaves neither
+    (only config.json, an empty metrics.jsonl, tensorboard/): its workdir can be reused."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            if any(line.strip() for line in f):
+                return True
+    checkpoints = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(checkpoints) and any(
+        name.isdigit() for name in os.listdir(checkpoints)
+    )
 
 
 def check_identity(saved: dict[str, Any], now: dict[str, Any], workdir: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from jaxrl_dist import checkpoint, errors, writers
-from jaxrl_dist.run import files
+from jaxrl_dist.run import files, memory
 from jaxrl_dist.run import progress as progress_lib
 from jaxrl_dist.run.settings import RunSettings, checkpoint_period
 
@@ -60,6 +60,10 @@ class ActingPath(Protocol):
 
     def config_record(self) -> dict[str, Any]:
         """Fields of config.json besides the config (settings, layout, backend)."""
+
+    def memory_parts(self) -> tuple[list[memory.Part], Any, dict[str, Any]]:
+        """``(parts, one device, flag values)``: the memory the run needs per device
+        (estimated without compiling or allocating; see ``run.memory``)."""
 
     def restore(self, checkpointer: checkpoint.RunCheckpointer, step: int) -> None:
         """Restores the state of checkpoint ``step`` (ConfigError: it does not fit)."""
@@ -130,13 +134,16 @@ def run(path: ActingPath, settings: RunSettings, workdir: str | None = None,
       ``params``, ``history`` and ``resumed_from`` (updates restored, 0).
 
     Raises:
-      ConfigError: bad settings, or ``resume`` finds no checkpoint or one made with
-        another config (before anything compiles).
+      ConfigError: bad settings, a config needing more device memory than is free
+        (``run.memory.check``), or ``resume`` finds no checkpoint that reads back and
+        verifies, or one made with another config (before anything compiles).
       NonFiniteError: a metric or parameter became NaN/inf; the last checkpoint
         (written before the bad update) is kept.
       KeyboardInterrupt, ActorError: after keeping what finished (see the path).
     """
-    shell = _Shell(path, settings.check(), workdir, log, progress_fn)
+    settings = settings.check()
+    memory.check(*path.memory_parts())  # before anything is allocated, compiled or written
+    shell = _Shell(path, settings, workdir, log, progress_fn)
     start_update = shell.resume()
     shell.open_files(start_update)
     shell.prepare(start_update)
@@ -164,25 +171,44 @@ class _Shell:
 
     # ----------------------------------------------------------- the steps
     def resume(self) -> int:
-        """Restores the latest checkpoint if ``resume`` (identity checked first); the
-        updates it holds (0 for a new run)."""
+        """Restores the newest checkpoint that reads back and verifies if ``resume``
+        (identity checked first); the updates it holds (0 for a new run). Newer damaged
+        checkpoints are reported in one line and set aside (``checkpoints.damaged/``)."""
         if not self.settings.resume:
             return 0
-        latest = self.checkpointer.latest_step() if self.checkpointer else None
-        if latest is None:
+        steps = self.checkpointer.steps() if self.checkpointer else []
+        if not steps:
             raise errors.ConfigError(f"--resume: no checkpoint in {self.workdir}/checkpoints")
-        self.meta = self.checkpointer.meta(latest)  # checked before any array is read
-        files.check_identity(self.meta, self.path.identity, self.workdir)
-        self.path.restore(self.checkpointer, latest)
-        self.last_saved = latest
-        return latest
+        skipped = []
+        for step in steps:
+            try:
+                self.meta = self.checkpointer.meta(step)  # before any array is read
+                files.check_identity(self.meta, self.path.identity, self.workdir)
+                self.path.restore(self.checkpointer, step)
+                break
+            except checkpoint.DamagedCheckpoint as e:
+                skipped.append(f"{step} ({e})")
+        else:
+            raise errors.ConfigError(
+                f"--resume: no checkpoint in {self.checkpointer.directory} reads back and "
+                f"verifies: {'; '.join(skipped)}"
+            )
+        if skipped:
+            aside = self.checkpointer.set_aside([int(s.split()[0]) for s in skipped])
+            self.log(f"resume: skipped newer checkpoint(s) {'; '.join(skipped)} (moved to "
+                     f"{aside}); restored update {step}")
+        self.last_saved = step
+        return step
 
     def open_files(self, start_update: int) -> None:
         """The kept history and, on process 0, the writers and config.json."""
         resumed = self.settings.resume
         steps = start_update * self.path.steps_per_update
         if self.workdir and resumed:
-            self.history = files.read_history(self.workdir, steps)
+            self.history, damaged = files.read_history(self.workdir, steps)
+            note = files.history_note(self.workdir, self.history, damaged, steps)
+            if note:
+                self.log(note)
         if self.workdir and self.path.primary:
             self.writer = files.open_writer(
                 self.workdir, self.history if resumed else None,

@@ -42,7 +42,7 @@ class Agent(a2c_learner.Agent):
         lag = self.config.policy_lag
         if lag == 0:
             return ()
-        return jax.tree.map(lambda x: jnp.stack([x] * lag), params["policy"])
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (lag, *x.shape)), params["policy"])
 
     def acting_params(self, state: TrainState) -> types.Params:
         if self.config.policy_lag == 0:
