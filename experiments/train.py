@@ -11,8 +11,12 @@ Several processes (one per host; gloo collectives on CPU):
     python experiments/train.py --coordinator_address=host0:1234 --num_processes=2 \\
         --process_id=0 --workdir=/shared/run   # and --process_id=1 on the other host
 
-Ctrl-C, a failed actor thread or a non-finite loss stops the run (exit 130, 1, 1)
-with the last good state in checkpoints/ (and, for host actors, every thread joined).
+Every process must be given the same shared --workdir (checked at start-up: exit 2),
+and all must join within --startup_timeout_s (else one line, exit 1).
+
+Ctrl-C, SIGTERM, a failed actor thread or a non-finite loss stops the run (exit 130,
+143, 1, 1) with the last good state in checkpoints/ (and, for host actors, every
+thread joined); after SIGTERM the process ends within 10 s even if blocked.
 
 Writes into --workdir: metrics.jsonl, tensorboard/ (event files), config.json,
 checkpoints/ (orbax, whole-run state, for --resume), checkpoint/ (orbax, final
@@ -21,7 +25,10 @@ params), learning_curve.png. Bad input: one line on stderr, exit code 2.
 
 import json
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 
 from absl import app, flags, logging
@@ -33,7 +40,7 @@ cli.define_distributed_flags()
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<env>-<agent>-<time>).")
 flags.DEFINE_bool("overwrite", False, "Allow a --workdir that already holds a run.")
 flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
-flags.DEFINE_integer(
+cli.DEFINE_integer(
     "checkpoint_every", None,
     "Updates between whole-run checkpoints (default: about a tenth of the run, at least "
     "5e5 env steps apart).",
@@ -41,8 +48,8 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "wandb_project", None, "Also log metrics to this Weights & Biases project (needs wandb)."
 )
-flags.DEFINE_integer("eval_episodes", 32, "Greedy evaluation episodes per seed at the end.")
-flags.DEFINE_integer(
+cli.DEFINE_integer("eval_episodes", 32, "Greedy evaluation episodes per seed at the end.")
+cli.DEFINE_integer(
     "log_points", 20, "At least this many metrics.jsonl lines (chunks must divide the updates)."
 )
 FLAGS = flags.FLAGS
@@ -94,7 +101,56 @@ def check_resume(workdir: str, config) -> None:
             )
 
 
+SIGTERM_GRACE_S = 10.0
+SIGTERM_EXIT_CODE = 143  # 128 + 15, what a shell reports for a process SIGTERM ended
+_terminated = threading.Event()
+_sigterm_watchdog: threading.Thread | None = None
+
+
+def handle_sigterm() -> None:
+    """SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt in the main thread: the
+    finished log points and, where the path can, a checkpoint are kept), with exit code
+    143. If the process still runs ``SIGTERM_GRACE_S`` later (its main thread blocked in
+    a C call, a collective or an orbax barrier, where Python signal handlers never run),
+    a watchdog thread ends it with ``os._exit(143)``.
+
+    Call from the main thread; again after ``jax.distributed.initialize``, whose
+    preemption notifier takes SIGTERM over (and otherwise only logs it)."""
+    global _sigterm_watchdog
+    if _sigterm_watchdog is None:
+        # Python's C-level handler writes each signal's number to this socket at once,
+        # whatever the main thread is doing; the Python handler runs when it is free.
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        _sigterm_watchdog = threading.Thread(
+            target=_end_after_sigterm, args=(reader, writer), daemon=True,
+            name="sigterm-watchdog")
+        _sigterm_watchdog.start()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum, frame):
+    if _terminated.is_set():
+        return  # already stopping: do not interrupt the checkpoint being saved
+    _terminated.set()
+    raise KeyboardInterrupt
+
+
+def _end_after_sigterm(reader: socket.socket, writer: socket.socket) -> None:
+    while signal.SIGTERM not in reader.recv(64):
+        pass
+    time.sleep(SIGTERM_GRACE_S)
+    sys.stderr.write(
+        f"error: still running {SIGTERM_GRACE_S:.0f} s after SIGTERM (blocked in a "
+        "collective or a checkpoint save); exiting without cleanup\n"
+    )
+    sys.stderr.flush()
+    os._exit(SIGTERM_EXIT_CODE)
+
+
 def main(argv):
+    handle_sigterm()
     # Before any jax call: jax logs backend probing (and orbax each save step) at INFO.
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
@@ -118,10 +174,12 @@ def main(argv):
         cli.fail(str(e))
 
     from jaxrl_dist import distributed
-    from jaxrl_dist.run import files
+    from jaxrl_dist.run import files, shared_dir
 
-    # Joins the other processes before anything else touches JAX.
+    # Joins the other processes before anything else touches JAX (at most
+    # --startup_timeout_s: then one line, exit 1).
     distributed.initialize(dist)
+    handle_sigterm()  # back from JAX's preemption notifier
     try:
         config = cli.config_from_flags()
         host = cli.host_settings_from_flags()
@@ -139,7 +197,10 @@ def main(argv):
         leftovers = not FLAGS.resume and not FLAGS.overwrite and any(
             os.path.exists(os.path.join(workdir, name)) for name in OUTPUTS)
         check_workdir_writable(workdir)
+        # One directory for every process: orbax's saves wait for all of them there.
+        shared_dir.check(workdir)
     except errors.ConfigError as e:
+        shared_dir.report_failure(str(e))  # the other processes stop with it too
         cli.fail(str(e))
 
     from jaxrl_dist import training, tuning
@@ -175,6 +236,8 @@ def main(argv):
     primary = distributed.is_primary()
     if primary:
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+        if note := cli.rounding_note(config):
+            print(note, flush=True)
     progress = lambda s: print(s, flush=True)
     try:
         if host is None:
@@ -189,9 +252,13 @@ def main(argv):
         sys.stderr.write(f"error: {e}\n")
         sys.exit(1)
     except (KeyboardInterrupt, errors.ActorError) as e:
+        terminated = _terminated.is_set()
         if host is None:
-            sys.stderr.write("interrupted; state saved in checkpoints/ (continue with --resume)\n")
-            sys.exit(130)
+            sys.stderr.write(("terminated (SIGTERM)" if terminated else "interrupted")
+                             + "; state saved in checkpoints/ (continue with --resume)\n")
+            if terminated:
+                tuning.exit_process(SIGTERM_EXIT_CODE)
+            sys.exit(SIGTERM_EXIT_CODE if terminated else 130)
         saved = os.path.join(workdir, "checkpoint")
         saved = f"last update's parameters in {saved}" if os.path.isdir(saved) else (
             "no update had finished, nothing saved"
@@ -199,14 +266,15 @@ def main(argv):
         interrupted = isinstance(e, KeyboardInterrupt)
         resumable = os.path.isdir(os.path.join(workdir, "checkpoints"))
         sys.stderr.write(
-            ("interrupted" if interrupted else f"error: {e}")
+            (("terminated (SIGTERM)" if terminated else "interrupted") if interrupted
+             else f"error: {e}")
             + f"; actor threads joined; {saved}"
             + ("; the last periodic whole-run checkpoint is in checkpoints/ (--resume)"
                if resumable else "") + "\n"
         )
         # Threads joined, checkpoint and metrics written and closed: on CPU skip the
         # interpreter's teardown (cpu/process_exit.py).
-        code = 130 if interrupted else 1
+        code = (SIGTERM_EXIT_CODE if terminated else 130) if interrupted else 1
         tuning.exit_process(code)
         sys.exit(code)
     if primary:
@@ -216,5 +284,18 @@ def main(argv):
         tuning.exit_process(0)  # on CPU: without the interpreter's teardown
 
 
+def run_main(argv):
+    """``main``; after a SIGTERM outside training (start-up, compile is inside), exit 143."""
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        if not _terminated.is_set():
+            raise
+        sys.stdout.flush()
+        sys.stderr.write("terminated (SIGTERM)\n")
+        sys.stderr.flush()
+        os._exit(SIGTERM_EXIT_CODE)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(run_main, flags_parser=cli.parse_flags)

@@ -5,6 +5,7 @@ exit code 2, before anything is compiled or written.
 """
 
 import dataclasses
+import decimal
 import os
 import sys
 
@@ -35,6 +36,55 @@ HOST_INSTEAD = {
 FLAGS = flags.FLAGS
 
 
+class IntegerParser(flags.IntegerParser):
+    """absl's integer parser that also takes a whole number in scientific or decimal
+    notation: ``5e5``, ``1E6``, ``2.5e3``, ``1000.0``. ``--help`` still shows an int.
+
+    Raises (from ``parse``, which absl turns into ``flag --name=value: ...``, exit 2
+    through ``parse_flags``):
+      ValueError: not a number, a fraction (``1.5``), inf/nan, or out of bounds.
+    """
+
+    MAX_DIGITS = 30  # larger values are refused (int() of 1e999999999 would not finish)
+
+    def convert(self, argument):
+        if not isinstance(argument, str):
+            return super().convert(argument)
+        try:
+            return super().convert(argument)
+        except ValueError as e:
+            error = e
+        try:
+            value = decimal.Decimal(argument.strip())
+        except decimal.InvalidOperation:
+            raise error from None
+        if not value.is_finite():
+            raise ValueError(f"{argument} is not an integer") from None
+        if value != value.to_integral_value():
+            raise ValueError(
+                f"{argument} is not a whole number (integer flags take 500000, 5e5 or 2.5e3)"
+            )
+        if value != 0 and value.adjusted() >= self.MAX_DIGITS:
+            raise ValueError(f"{argument} is too large")
+        return int(value)
+
+
+def DEFINE_integer(name: str, default: int | None, help: str,
+                   lower_bound: int | None = None, upper_bound: int | None = None,
+                   flag_values=FLAGS, **args):
+    """``flags.DEFINE_integer`` with ``IntegerParser``: also takes ``5e5``-style whole
+    numbers. Same arguments as absl's; returns the flag holder."""
+    parser = IntegerParser(lower_bound, upper_bound)
+    holder = flags.DEFINE(parser, name, default, help, flag_values,
+                          flags.ArgumentSerializer(), **args)
+    if lower_bound is not None or upper_bound is not None:
+        flags.register_validator(
+            name, lambda value: value is None or not parser.is_outside_bounds(value),
+            message=f"--{name} must be {parser.syntactic_help}", flag_values=flag_values,
+        )
+    return holder
+
+
 def define_agent_flags() -> None:
     """Flags shared by train.py and benchmark.py. Unset hyperparameters take per-env defaults."""
     flags.DEFINE_string("agent", "ppo", f"Agent: one of {', '.join(AGENTS)}.")
@@ -42,38 +92,38 @@ def define_agent_flags() -> None:
         "env", "CartPole-v1",
         "A gymnax id (on-device envs), or gymnasium:<id> (host actor threads).",
     )
-    flags.DEFINE_integer("num_envs", None, "Global number of environments (split over devices).")
-    flags.DEFINE_integer("rollout_len", None, "Steps per env per update (T).")
-    flags.DEFINE_integer("total_steps", None, "Environment steps per seed.")
-    flags.DEFINE_integer("num_epochs", None, "PPO, IMPALA: passes over each rollout.")
-    flags.DEFINE_integer("num_minibatches", None, "PPO, IMPALA: minibatches per pass.")
+    DEFINE_integer("num_envs", None, "Global number of environments (split over devices).")
+    DEFINE_integer("rollout_len", None, "Steps per env per update (T).")
+    DEFINE_integer("total_steps", None, "Environment steps per seed.")
+    DEFINE_integer("num_epochs", None, "PPO, IMPALA: passes over each rollout.")
+    DEFINE_integer("num_minibatches", None, "PPO, IMPALA: minibatches per pass.")
     flags.DEFINE_float("lr", None, "Learning rate.")
     flags.DEFINE_string("objective", None, "PPO: objective, clip (eq. 7) or kl (eq. 8).")
-    flags.DEFINE_integer(
+    DEFINE_integer(
         "policy_lag", None, "IMPALA: updates by which the behaviour policy lags (0: on-policy)."
     )
     flags.DEFINE_string("optimizer", None, "adam or rmsprop (default: the agent's).")
     flags.DEFINE_float("ent_coef", None, "Entropy bonus coefficient.")
     flags.DEFINE_float("gamma", None, "Discount factor.")
     flags.DEFINE_string("torso", None, "mlp, or cnn (a 3x3x16 conv first; image observations).")
-    flags.DEFINE_integer("n_step", None, "Ape-X: steps of the n-step return (3).")
-    flags.DEFINE_integer(
+    DEFINE_integer("n_step", None, "Ape-X: steps of the n-step return (3).")
+    DEFINE_integer(
         "buffer_capacity", None, "Ape-X: replay capacity in transitions, over all devices."
     )
-    flags.DEFINE_integer("batch_size", None, "Ape-X: transitions per learner step (global).")
-    flags.DEFINE_integer(
+    DEFINE_integer("batch_size", None, "Ape-X: transitions per learner step (global).")
+    DEFINE_integer(
         "learner_steps", None, "Ape-X: learner steps per update (sets the replay ratio)."
     )
-    flags.DEFINE_integer(
+    DEFINE_integer(
         "learning_starts", None, "Ape-X: transitions in the replay before learning starts."
     )
-    flags.DEFINE_integer(
+    DEFINE_integer(
         "target_update_period", None, "Ape-X: learner steps between target-network refreshes."
     )
-    flags.DEFINE_integer(
+    DEFINE_integer(
         "actor_threads", None, "Host actors: actor threads per actor device (default 2)."
     )
-    flags.DEFINE_integer(
+    DEFINE_integer(
         "envs_per_thread", None, "Host actors: envs in each thread's vector env (default 8)."
     )
     flags.DEFINE_string(
@@ -92,14 +142,14 @@ def define_agent_flags() -> None:
         "Host actors: this process's device indices in the learner mesh (default: the "
         "non-actor devices); with several processes the mesh joins every process's.",
     )
-    flags.DEFINE_integer("queue_size", None, "Host actors: rollouts queued per thread (1).")
-    flags.DEFINE_integer(
+    DEFINE_integer("queue_size", None, "Host actors: rollouts queued per thread (1).")
+    DEFINE_integer(
         "param_refresh_steps", None,
         "Host actors: a thread's env steps between parameter fetches (0: every rollout).",
     )
-    flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.DEFINE_integer("num_seeds", 1, "Independent runs vmapped in one program.")
-    flags.DEFINE_integer("num_devices", None, "Devices in the data-parallel mesh (default: all).")
+    DEFINE_integer("seed", 0, "Random seed.")
+    DEFINE_integer("num_seeds", 1, "Independent runs vmapped in one program.")
+    DEFINE_integer("num_devices", None, "Devices in the data-parallel mesh (default: all).")
     flags.DEFINE_string(
         "compilation_cache", None,
         "Directory of JAX's persistent compilation cache ('' disables it).",
@@ -112,7 +162,7 @@ def define_agent_flags() -> None:
         "of a run's identity: --resume works under any tier. benchmark.py defaults to "
         "optimized.",
     )
-    flags.DEFINE_integer(
+    DEFINE_integer(
         "cpu_threads", None,
         "CPU only: threads of XLA's CPU intra-op pool (PJRT_NPROC). Default: "
         "PJRT_NPROC/NPROC if set, else 1 for small MLP configs on one CPU device (faster "
@@ -125,15 +175,20 @@ def define_distributed_flags() -> None:
     flags.DEFINE_string(
         "coordinator_address", None, "Multi-process: host:port of process 0's coordinator."
     )
-    flags.DEFINE_integer("num_processes", 1, "Multi-process: number of processes.")
-    flags.DEFINE_integer("process_id", 0, "Multi-process: this process's index.")
+    DEFINE_integer("num_processes", 1, "Multi-process: number of processes.")
+    DEFINE_integer("process_id", 0, "Multi-process: this process's index.")
     flags.DEFINE_bool(
         "cluster_detection", False,
         "Multi-process: let JAX detect the cluster layout (SLURM, Open MPI, TPU pods).",
     )
-    flags.DEFINE_integer(
+    DEFINE_integer(
         "heartbeat_timeout_s", 30,
         "Multi-process: seconds after which a silent peer stops the run with an error.",
+    )
+    DEFINE_integer(
+        "startup_timeout_s", 300,
+        "Multi-process: seconds to wait for every process to join the coordinator; then "
+        "one line naming the coordinator and the processes expected, exit code 1.",
     )
 
 
@@ -151,12 +206,25 @@ def distributed_settings_from_flags():
         process_id=FLAGS.process_id,
         cluster_detection=FLAGS.cluster_detection,
         heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
+        startup_timeout_s=FLAGS.startup_timeout_s,
     ).validate()
 
 
 def config_overrides() -> dict:
     """The config fields set by flags (``CONFIG_FLAGS`` that are not ``None``)."""
     return {name: FLAGS[name].value for name in CONFIG_FLAGS if FLAGS[name].value is not None}
+
+
+def rounding_note(config) -> str | None:
+    """One line when ``config.total_steps`` (env steps per seed) is not a whole number
+    of updates, naming the env steps the run will take (rounded down); else ``None``."""
+    steps = config.num_updates * config.steps_per_update
+    if steps == config.total_steps:
+        return None
+    return (
+        f"total_steps={config.total_steps} is rounded down to {steps} env steps per seed "
+        f"({config.num_updates} updates of {config.steps_per_update})"
+    )
 
 
 def configure_cpu_threads(multi_process: bool = False) -> int | None:

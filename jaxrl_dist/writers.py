@@ -5,7 +5,7 @@ import json
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -131,34 +131,135 @@ def write_config(workdir: str, config: Any, **extra: Any) -> str:
     return path
 
 
+class CurveSeries(NamedTuple):
+    """The learning curve's plotted points: only log points where some seed has a value.
+
+    ``steps`` ``[M]`` env steps; ``mean``, ``low``, ``high`` ``[M]`` float64: mean, min and
+    max over the seeds with a finite return there (a seed whose window held no finished
+    episode is skipped at that point, not counted as 0); ``M`` <= the number of log
+    points, 0 when no window had a finished episode.
+    """
+
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+# Fewer plotted points than this are drawn with markers: a curve of a few isolated
+# windows (most windows without a finished episode, e.g. Freeway) stays visible.
+SPARSE_POINTS = 20
+
+
+def curve_series(env_steps: np.ndarray, returns: np.ndarray) -> CurveSeries:
+    """The finite points of ``returns`` ``[N, S]`` (NaN: no episode finished in that
+    window) against ``env_steps`` ``[N]``, reduced over seeds (see ``CurveSeries``).
+
+    Raises:
+      ValueError: ``returns`` is not ``[N, S]`` with ``N = len(env_steps)``.
+    """
+    steps = np.asarray(env_steps, np.float64).reshape(-1)
+    values = np.asarray(returns, np.float64)
+    if values.ndim != 2 or values.shape[0] != steps.shape[0]:
+        raise ValueError(
+            f"returns must be [N, S] with N = len(env_steps) = {steps.shape[0]}, "
+            f"got shape {values.shape}"
+        )
+    finite = np.isfinite(values)
+    keep = finite.any(axis=1)
+    masked = np.where(finite, values, np.nan)[keep]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return CurveSeries(steps[keep], np.nanmean(masked, axis=1),
+                           np.nanmin(masked, axis=1), np.nanmax(masked, axis=1))
+
+
+def learning_curve_figure(
+    env_steps: np.ndarray, returns: np.ndarray, title: str,
+    eval_returns: np.ndarray | float | None = None, eval_step: float | None = None,
+):
+    """The learning curve as a matplotlib ``Figure`` (see :func:`plot_learning_curve`).
+
+    Its one axes holds, in this order: the mean training return line (label starting
+    ``"mean of"``; markers when fewer than ``SPARSE_POINTS`` points; absent when no
+    window had a finished episode), the min-max band over seeds (more than one seed),
+    and the greedy evaluation errorbar (label starting ``"greedy eval"``; when
+    ``eval_returns`` has a finite value).
+    """
+    # The object-oriented API: no pyplot import (~0.5 s), no global backend or figure state.
+    from matplotlib.figure import Figure
+
+    returns = np.asarray(returns, np.float64)
+    num_seeds = returns.shape[1] if returns.ndim == 2 else 1
+    series = curve_series(env_steps, returns)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    if series.steps.size:
+        sparse = series.steps.size < SPARSE_POINTS
+        ax.plot(series.steps, series.mean, marker="o" if sparse else None,
+                markersize=4, label=f"mean of {num_seeds} seed(s)")
+        if num_seeds > 1:
+            ax.fill_between(series.steps, series.low, series.high, alpha=0.3,
+                            label="min-max over seeds")
+    else:
+        ax.text(0.5, 0.06, "no training episode finished in any log window",
+                transform=ax.transAxes, ha="center", va="bottom", color="gray")
+    end = _draw_eval(ax, np.asarray(env_steps, np.float64).reshape(-1), eval_returns, eval_step)
+    if end > 0:  # the whole run, from step 0, however few points it has
+        ax.set_xlim(0, 1.04 * end)
+    ax.set_xlabel("environment steps (per seed)")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _draw_eval(ax, env_steps: np.ndarray, eval_returns, eval_step) -> float:
+    """Draws the greedy eval return (mean over seeds, min-max error bar) at ``eval_step``
+    (default: the last log point's env steps; 0 without one); returns the largest env
+    step on the plot."""
+    if eval_step is None:
+        eval_step = float(env_steps[-1]) if env_steps.size else 0.0
+    end = max(float(eval_step), float(env_steps.max()) if env_steps.size else 0.0)
+    values = np.asarray(np.nan if eval_returns is None else eval_returns, np.float64)
+    values = values.reshape(-1)[np.isfinite(values.reshape(-1))]
+    if not values.size:
+        return end
+    mean = values.mean()
+    yerr = [[mean - values.min()], [values.max() - mean]] if values.size > 1 else None
+    ax.errorbar([eval_step], [mean], yerr=yerr, fmt="D", color="tab:red", capsize=4,
+                label=f"greedy eval ({values.size} seed(s))")
+    return end
+
+
 def plot_learning_curve(
-    workdir: str, env_steps: np.ndarray, returns: np.ndarray, title: str
+    workdir: str, env_steps: np.ndarray, returns: np.ndarray, title: str,
+    eval_returns: np.ndarray | float | None = None, eval_step: float | None = None,
 ) -> str:
-    """Saves ``learning_curve.png``: mean return over seeds against env steps, min-max band.
+    """Saves ``learning_curve.png``: mean training return over seeds against env steps,
+    min-max band, and the final greedy eval return; returns its path.
+
+    Log windows in which no episode finished (NaN) are skipped per seed: the curve
+    joins the points that exist (markers when there are few), and a run with none
+    still gets a PNG (with the eval point and a note).
 
     Args:
       env_steps: ``[N]`` env steps (per seed) at each log point.
       returns: ``[N, S]`` mean training episode return per seed (NaN where no
         episode finished).
-    """
-    # The object-oriented API: no pyplot import (~0.5 s), no global backend or figure state.
-    from matplotlib.figure import Figure
+      title: the plot's title.
+      eval_returns: optional greedy eval return per seed ``[S]`` (or one float),
+        drawn at ``eval_step`` as the mean with a min-max error bar.
+      eval_step: env steps (per seed) of the eval point (default: ``env_steps[-1]``).
 
+    Raises:
+      ValueError: ``returns`` is not ``[N, S]``; OSError: the PNG cannot be written.
+    """
     path = os.path.join(workdir, "learning_curve.png")
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no episode yet
-        mean = np.nanmean(returns, axis=1)
-        low, high = np.nanmin(returns, axis=1), np.nanmax(returns, axis=1)
-    ax.plot(env_steps, mean, label=f"mean of {returns.shape[1]} seed(s)")
-    if returns.shape[1] > 1:
-        ax.fill_between(env_steps, low, high, alpha=0.3, label="min-max over seeds")
-    ax.set_xlabel("environment steps (per seed)")
-    ax.set_ylabel("training episode return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    learning_curve_figure(env_steps, returns, title, eval_returns, eval_step).savefig(
+        path, dpi=100
+    )
     return path

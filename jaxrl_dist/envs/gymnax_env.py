@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxrl_dist import errors, tuning
 
@@ -61,6 +62,62 @@ def check_env_id(env_id: str) -> None:
         )
 
 
+def _varying_axes(x: jax.Array) -> frozenset:
+    """Mesh axes along which ``x`` varies inside ``shard_map`` (empty outside it)."""
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)  # jax < 0.10
+    if vma is None:
+        manual = getattr(aval, "manual_axis_type", None)
+        vma = manual.varying if manual is not None else ()
+    return frozenset(vma)
+
+
+def per_device(fn):
+    """``fn`` (gymnax code) run unchanged, also inside ``jax.shard_map``.
+
+    Why: inside ``shard_map`` JAX types every value with the mesh axes it varies
+    along (vma) and requires a ``lax.while_loop``/``scan`` carry to keep its type.
+    gymnax is not written for that: Asterix-MinAtar's ``while_sample_slots`` starts a
+    ``while_loop`` from a constant (``jnp.array([0, 0])``: device-invariant) and
+    updates it from the env state (device-varying: environments are split over the
+    ``"data"`` axis), so tracing fails ("carry input and carry output must have equal
+    types ... manual axis types do not match") before anything runs. The values are
+    right; only the type check cannot be satisfied without editing gymnax.
+
+    So, inside ``shard_map``, ``fn`` runs in a nested ``jax.shard_map`` that makes no
+    new axis manual (``axis_names=frozenset()``: no data moves, each device runs
+    ``fn`` on its own values as before) with ``check_vma=False``, and its outputs are
+    then cast to varying along every manual axis (``lax.pcast``): they depend on this
+    device's environments, and varying is the type that never claims two devices hold
+    the same value. Sound because env code has no collectives and is never
+    differentiated (the only things the vma types decide). Outside ``shard_map``
+    (evaluation, tests) ``fn`` is called directly.
+
+    Args:
+      fn: a function of arrays (pytrees of them) returning a pytree of arrays.
+
+    Returns:
+      a function with ``fn``'s signature, values and shapes.
+    """
+
+    def wrapped(*args):
+        manual = tuple(sorted(jax.sharding.get_abstract_mesh().manual_axes))
+        if not manual:
+            return fn(*args)
+        out = jax.shard_map(
+            fn, in_specs=(P(),) * len(args), out_specs=P(), axis_names=frozenset(),
+            check_vma=False,
+        )(*args)
+
+        def varying(x):
+            missing = tuple(a for a in manual if a not in _varying_axes(x))
+            return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+        return jax.tree.map(varying, out)
+
+    return wrapped
+
+
 class GymnaxEnv:
     """``num_envs`` copies of a gymnax environment, reset and stepped with ``vmap``.
 
@@ -91,7 +148,9 @@ class GymnaxEnv:
 
     def reset(self, keys: jax.Array) -> EnvState:
         """Resets ``B`` envs; ``keys`` is ``[B]`` typed PRNG keys."""
-        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.params)
+        obs, env_state = per_device(
+            lambda k: jax.vmap(self.env.reset, in_axes=(0, None))(k, self.params)
+        )(keys)
         b = obs.shape[0]
         stats = EpisodeStats(jnp.zeros((b,), jnp.float32), jnp.zeros((b,), jnp.int32))
         return EnvState(env_state, obs, stats)
@@ -104,8 +163,19 @@ class GymnaxEnv:
         every step (gymnax's ``step`` computes a reset every step anyway).
         """
         flat = keys.reshape(-1)
-        obs, env_state = jax.vmap(self.env.reset_env, in_axes=(0, None))(flat, self.params)
+        obs, env_state = per_device(
+            lambda k: jax.vmap(self.env.reset_env, in_axes=(0, None))(k, self.params)
+        )(flat)
         return jax.tree.map(lambda x: x.reshape(keys.shape + x.shape[1:]), (obs, env_state))
+
+    def _step_env(self, keys, env_state, action):
+        """gymnax's own step (no auto-reset), vmapped: ``(obs, state, reward, terminated,
+        truncated)``."""
+        next_obs, env_state, reward, terminated, _ = jax.vmap(
+            self.env.step_env, in_axes=(0, 0, 0, None)
+        )(keys, env_state, action, self.params)
+        truncated = jax.vmap(self.env.is_truncated, in_axes=(0, None))(env_state, self.params)
+        return next_obs, env_state, reward, terminated, truncated
 
     def step(
         self,
@@ -128,10 +198,9 @@ class GymnaxEnv:
         """
         if not self.discrete:
             action = jnp.clip(action, self.action_space.low, self.action_space.high)
-        next_obs, env_state, reward, terminated, _ = jax.vmap(
-            self.env.step_env, in_axes=(0, 0, 0, None)
-        )(keys, state.env_state, action, self.params)
-        truncated = jax.vmap(self.env.is_truncated, in_axes=(0, None))(env_state, self.params)
+        next_obs, env_state, reward, terminated, truncated = per_device(self._step_env)(
+            keys, state.env_state, action
+        )
         terminated = terminated.astype(bool)
         truncated = jnp.logical_and(truncated.astype(bool), ~terminated)
         done = terminated | truncated

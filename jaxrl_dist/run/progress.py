@@ -8,10 +8,22 @@ from typing import Any
 ProgressFn = Callable[[int, dict[str, Any]], None]
 
 
+def number(value: Any, width: int = 8, decimals: int = 2) -> str:
+    """``value`` as fixed-point text, ``width`` characters, ``decimals`` decimals; a missing
+    or non-finite value (e.g. the return of a log window in which no episode finished:
+    NaN) as ``-`` right-aligned to ``width``, never ``nan``."""
+    try:
+        finite = value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        finite = False
+    return f"{float(value):{width}.{decimals}f}" if finite else f"{'-':>{width}}"
+
+
 def console(log: Callable[[str], None], total_env_steps: int, every_s: float) -> ProgressFn:
     """A ``progress_fn`` printing one line through ``log`` at most every ``every_s`` seconds
-    and at ``total_env_steps``: env steps, sps, the mean training return, the policy lag
-    where the record has one, and the wall time."""
+    and at ``total_env_steps``: env steps, sps, the mean training return (``-`` for a log
+    window in which no episode finished), the policy lag where the record has one, and
+    the wall time."""
     last = [-math.inf]
 
     def progress_fn(env_steps: int, metrics: dict[str, Any]) -> None:
@@ -21,9 +33,9 @@ def console(log: Callable[[str], None], total_env_steps: int, every_s: float) ->
         last[0] = now
         lag = metrics.get("policy_lag/mean")
         log(
-            f"env_steps {env_steps:>10d} | sps {metrics['sps']:>9.0f} | "
-            f"return {metrics['train/episode_return']:8.2f} | "
-            + (f"lag {lag:.2f} | " if lag is not None else "")
+            f"env_steps {env_steps:>10d} | sps {number(metrics.get('sps'), 9, 0)} | "
+            f"return {number(metrics.get('train/episode_return'))} | "
+            + (f"lag {number(lag, 1)} | " if lag is not None else "")
             + f"wall {metrics['wall_s']:6.1f}s"
         )
 

@@ -278,7 +278,8 @@ class _Shell:
             self.writer.close()
             steps = np.array([h["env_steps"] for h in self.history])
             writers.plot_learning_curve(
-                self.workdir, steps, path.curve(self.history), path.title
+                self.workdir, steps, path.curve(self.history), path.title,
+                eval_returns=summary["eval/episode_return_per_seed"], eval_step=env_steps,
             )
         return dict(summary, **{
             "eval/returns": eval_returns, "params": params, "history": self.history,
