@@ -50,7 +50,7 @@ cli.define_distributed_flags()
 flags.DEFINE_float(
     "raw_seconds", 5.0, "Host actors: seconds of random-action stepping for the raw rate."
 )
-flags.DEFINE_integer("repeats", 1, "Timed runs; the best sps is reported (each run recompiles).")
+cli.DEFINE_integer("repeats", 1, "Timed runs; the best sps is reported (each run recompiles).")
 flags.DEFINE_enum(
     "kernels", "auto", ["auto", "plain", "cpu"],
     "On-device path: auto = the devices' own tuning (jaxrl_dist.tuning); plain = the "

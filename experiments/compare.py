@@ -29,14 +29,14 @@ import sys
 import sweep
 from absl import flags
 
-from jaxrl_dist import errors
+from jaxrl_dist import cli, errors
 
 flags.DEFINE_string(
     "compare_with", None,
     "Directory of another jaxrl_dist checkout: benchmark it against this tree in paired "
     "rounds, both at once, one pinned core each (see experiments/compare.py).",
 )
-flags.DEFINE_integer("compare_rounds", 4, "--compare_with: paired rounds (cores swap each round).")
+cli.DEFINE_integer("compare_rounds", 4, "--compare_with: paired rounds (cores swap each round).")
 FLAGS = flags.FLAGS
 
 THIS_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -60,27 +60,28 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from jaxrl_dist import cli
 from jaxrl_dist.replay import prioritized
 
 INSTALL_HINT = 'pip install -e ".[bench]"  (flashbax==0.1.3)'
 ITEMS = {"minatar": ((10, 10, 4), np.uint8), "cartpole": ((4,), np.float32)}
 OPS = ("add", "sample", "update", "learner_step")
 
-flags.DEFINE_integer("capacity", 1_000_000, "Buffer capacity (items).")
-flags.DEFINE_integer("batch_size", 512, "Items per sample / priority update.")
-flags.DEFINE_integer("add_batch", 512, "Items per add call.")
+cli.DEFINE_integer("capacity", 1_000_000, "Buffer capacity (items).")
+cli.DEFINE_integer("batch_size", 512, "Items per sample / priority update.")
+cli.DEFINE_integer("add_batch", 512, "Items per add call.")
 flags.DEFINE_enum("item", "minatar", list(ITEMS), "Transition shape.")
 flags.DEFINE_enum("flashbax_item", "timestep", ["timestep", "transition"],
                   "What flashbax's flat buffer stores (see the module docstring).")
 flags.DEFINE_enum("loop", "device", ["device", "host"],
                   "device: calls inside one fori_loop; host: one jitted call per op.")
 flags.DEFINE_list("buffers", ["ours", "flashbax"], "Buffers to measure.")
-flags.DEFINE_integer("iters", 1000, "Calls per timed run.")
-flags.DEFINE_integer("repeats", 5, "Timed runs per op (median reported).")
-flags.DEFINE_integer("check_draws", 200, "Batches sampled to count zero-priority draws.")
+cli.DEFINE_integer("iters", 1000, "Calls per timed run.")
+cli.DEFINE_integer("repeats", 5, "Timed runs per op (median reported).")
+cli.DEFINE_integer("check_draws", 200, "Batches sampled to count zero-priority draws.")
 flags.DEFINE_float("alpha", 0.6, "Priority exponent.")
 flags.DEFINE_float("beta", 0.4, "Importance-sampling exponent (ours only).")
-flags.DEFINE_integer("seed", 0, "Random seed.")
+cli.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("out", None, "Write the JSON result here.")
 FLAGS = flags.FLAGS
 

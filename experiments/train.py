@@ -103,8 +103,10 @@ def check_resume(workdir: str, config) -> None:
 
 SIGTERM_GRACE_S = 10.0
 SIGTERM_EXIT_CODE = 143  # 128 + 15, what a shell reports for a process SIGTERM ended
-_terminated = threading.Event()
-_sigterm_watchdog: threading.Thread | None = None
+_terminated = threading.Event()  # SIGTERM came: the run stops with SIGTERM_EXIT_CODE
+_grace_lock = threading.Lock()
+_grace_timer: threading.Timer | None = None
+_wakeup: tuple[socket.socket, socket.socket] | None = None
 
 
 def handle_sigterm() -> None:
@@ -112,38 +114,53 @@ def handle_sigterm() -> None:
     finished log points and, where the path can, a checkpoint are kept), with exit code
     143. If the process still runs ``SIGTERM_GRACE_S`` later (its main thread blocked in
     a C call, a collective or an orbax barrier, where Python signal handlers never run),
-    a watchdog thread ends it with ``os._exit(143)``.
+    a timer thread ends it with ``os._exit(143)``.
 
     Call from the main thread; again after ``jax.distributed.initialize``, whose
     preemption notifier takes SIGTERM over (and otherwise only logs it)."""
-    global _sigterm_watchdog
-    if _sigterm_watchdog is None:
+    global _wakeup
+    if _wakeup is None:
         # Python's C-level handler writes each signal's number to this socket at once,
         # whatever the main thread is doing; the Python handler runs when it is free.
-        reader, writer = socket.socketpair()
+        reader, writer = _wakeup = socket.socketpair()
         writer.setblocking(False)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        _sigterm_watchdog = threading.Thread(
-            target=_end_after_sigterm, args=(reader, writer), daemon=True,
-            name="sigterm-watchdog")
-        _sigterm_watchdog.start()
+        threading.Thread(target=_watch_for_sigterm, args=(reader,), daemon=True,
+                         name="sigterm-watch").start()
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _on_sigterm(signum, frame):
+    _start_grace_timer()  # also here: should another part replace the wakeup socket
     if _terminated.is_set():
         return  # already stopping: do not interrupt the checkpoint being saved
     _terminated.set()
     raise KeyboardInterrupt
 
 
-def _end_after_sigterm(reader: socket.socket, writer: socket.socket) -> None:
-    while signal.SIGTERM not in reader.recv(64):
-        pass
-    time.sleep(SIGTERM_GRACE_S)
+def _watch_for_sigterm(reader: socket.socket) -> None:
+    while True:
+        data = reader.recv(64)
+        if not data:
+            return
+        if signal.SIGTERM in data:
+            _start_grace_timer()
+            return
+
+
+def _start_grace_timer() -> None:
+    global _grace_timer
+    with _grace_lock:
+        if _grace_timer is None:
+            _grace_timer = threading.Timer(SIGTERM_GRACE_S, _exit_after_grace)
+            _grace_timer.daemon = True
+            _grace_timer.start()
+
+
+def _exit_after_grace() -> None:
     sys.stderr.write(
-        f"error: still running {SIGTERM_GRACE_S:.0f} s after SIGTERM (blocked in a "
-        "collective or a checkpoint save); exiting without cleanup\n"
+        f"error: still running {SIGTERM_GRACE_S:.0f} s after SIGTERM (blocked in a C "
+        "call: joining, a collective or a checkpoint save); exiting without cleanup\n"
     )
     sys.stderr.flush()
     os._exit(SIGTERM_EXIT_CODE)

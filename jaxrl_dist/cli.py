@@ -73,10 +73,14 @@ def DEFINE_integer(name: str, default: int | None, help: str,
                    lower_bound: int | None = None, upper_bound: int | None = None,
                    flag_values=FLAGS, **args):
     """``flags.DEFINE_integer`` with ``IntegerParser``: also takes ``5e5``-style whole
-    numbers. Same arguments as absl's; returns the flag holder."""
+    numbers. Same arguments as absl's; returns the flag holder. The flag belongs to the
+    caller's module (as with absl's own, so a script's ``--help`` lists its flags)."""
     parser = IntegerParser(lower_bound, upper_bound)
+    module_name = sys._getframe(1).f_globals.get("__name__")
+    if module_name == "__main__":
+        module_name = sys.argv[0]  # absl's name for the main module
     holder = flags.DEFINE(parser, name, default, help, flag_values,
-                          flags.ArgumentSerializer(), **args)
+                          flags.ArgumentSerializer(), module_name=module_name, **args)
     if lower_bound is not None or upper_bound is not None:
         flags.register_validator(
             name, lambda value: value is None or not parser.is_outside_bounds(value),

@@ -78,6 +78,11 @@ BAD_INPUTS = [
     (["--eval_episodes=0"], "--eval_episodes must be > 0"),
     (["--cpu_threads=0"], "--cpu_threads must be > 0"),
     (["--num_envs=four"], "flag --num_envs=four"),
+    (["--total_steps=1e3"], "--total_steps must be >= num_envs * rollout_len = 2048, got 1000"),
+    (["--total_steps=1.5"], "flag --total_steps=1.5: 1.5 is not a whole number"),
+    (["--num_envs=2.5e0"], "flag --num_envs=2.5e0: 2.5e0 is not a whole number"),
+    (["--total_steps=1e99"], "flag --total_steps=1e99: 1e99 is too large"),
+    (["--startup_timeout_s=0"], "--startup_timeout_s must be > 0, got 0"),
     (["--chunk_compile=fast"], "flag --chunk_compile=fast: value should be one of"),
     (["--agent=apex", "--total_steps=4096"],
      "--learning_starts must be <= the run's env steps per seed (4096"),
@@ -178,7 +183,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(background, args, messa
 # rejects: absl's parser, a positional argument, the agent's config, the host layout.
 SUBPROCESS_CASES = [
     case for case in BAD_INPUTS
-    if case[0] in (["--num_envs=four"], ["extra"], ["--agent=a2c", "--gamma=1.5"],
+    if case[0] in (["--num_envs=four"], ["--total_steps=1.5"], ["extra"],
+                   ["--agent=a2c", "--gamma=1.5"],
                    ["--env=gymnasium:CartPole-v1", "--envs_per_thread=4",
                     "--learner_devices=1,2,3"])
 ]
@@ -284,6 +290,79 @@ def test_host_actor_benchmark_reports_the_ratio_to_raw_env_steps(background):
     assert set(summary["stage_seconds"]) >= {"inference_s", "env_step_s", "update_s"}
 
 
+def test_integer_parser_takes_whole_numbers_in_scientific_notation():
+    from jaxrl_dist import cli
+
+    parser = cli.IntegerParser()
+    for text, value in [("5e5", 500_000), ("1E6", 1_000_000), ("2.5e3", 2500),
+                        ("1000.0", 1000), ("-1e3", -1000), ("12", 12), ("0x10", 16),
+                        ("0e0", 0), (7, 7)]:
+        assert parser.parse(text) == value, text
+        assert type(parser.parse(text)) is int
+    for text, message in [("1.5", "1.5 is not a whole number"), ("2.5e0", "is not a whole"),
+                          ("inf", "inf is not an integer"), ("nan", "nan is not an integer"),
+                          ("four", "invalid literal for int()"), ("1e40", "is too large")]:
+        with pytest.raises(ValueError, match=message):
+            parser.parse(text)
+    with pytest.raises(ValueError, match="0 is not a positive integer"):
+        cli.IntegerParser(lower_bound=1).parse("0e3")
+    assert parser.flag_type() == "int"  # --help shows an int
+
+
+# Every integer flag that train.py and benchmark.py define themselves or through
+# jaxrl_dist.cli goes through cli.IntegerParser.
+INTEGER_FLAGS = r"""
+import importlib.util, json, sys
+from absl import flags
+from jaxrl_dist import cli
+
+spec = importlib.util.spec_from_file_location("script", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+ours = {"script", "jaxrl_dist.cli"}
+ints = {name: type(flag.parser).__module__ for name, flag in flags.FLAGS._flags().items()
+        if isinstance(flag.parser, flags.IntegerParser)
+        and flags.FLAGS.find_module_defining_flag(name) in ours}
+print(json.dumps([sorted(ints), sorted(n for n, m in ints.items() if m != cli.__name__)]))
+"""
+
+
+def test_every_integer_flag_of_the_scripts_takes_scientific_notation():
+    procs = [subprocess.Popen([sys.executable, "-c", INTEGER_FLAGS, script], cwd=ROOT,
+                              env=script_env(), text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for script in (TRAIN, BENCHMARK)]
+    for proc, own in zip(procs, (["checkpoint_every", "eval_episodes", "log_points"],
+                                 ["repeats"]), strict=True):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        names, plain = json.loads(out.strip().splitlines()[-1])
+        assert plain == [], plain
+        assert {"total_steps", "num_envs", "seed", "startup_timeout_s", *own} <= set(names)
+
+
+def test_rounding_note_names_the_env_steps_the_run_takes():
+    from jaxrl_dist import agents, cli
+
+    config = agents.default_config("ppo", "CartPole-v1", total_steps=500_000, num_envs=8,
+                                   rollout_len=64)
+    assert cli.rounding_note(config) == (
+        "total_steps=500000 is rounded down to 499712 env steps per seed "
+        "(976 updates of 512)")
+    assert cli.rounding_note(agents.default_config("ppo", "CartPole-v1", total_steps=512 * 3,
+                                                   num_envs=8, rollout_len=64)) is None
+
+
+def test_train_takes_total_steps_in_scientific_notation_and_states_the_rounding(background):
+    result = background.result("cli/scientific_notation")
+    workdir = background.job("cli/scientific_notation")["workdir"]
+    assert result.returncode == 0, result.stderr
+    assert ("total_steps=10000 is rounded down to 9728 env steps per seed "
+            "(19 updates of 512)") in result.stdout.splitlines()
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["env_steps"] == 9728
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["total_steps"] == 10000 and config["rollout_len"] == 64
+
+
 def test_agent_that_cannot_act_in_the_action_space(monkeypatch):
     from jaxrl_dist import cli, errors
     from jaxrl_dist.agents import AgentSpec
@@ -328,6 +407,14 @@ def background_runs(items, tmp_path_factory):
                 "cli/benchmark_host", BENCHMARK, "--env=gymnasium:CartPole-v1",
                 "--total_steps=4096", "--envs_per_thread=8", "--rollout_len=32",
                 "--raw_seconds=1", fast=True,
+            ))
+        elif item.originalname == (
+                "test_train_takes_total_steps_in_scientific_notation_and_states_the_rounding"):
+            workdir = tmp_path_factory.mktemp("scientific_notation")
+            jobs.append(script_job(
+                "cli/scientific_notation", TRAIN, f"--workdir={workdir}", "--total_steps=1e4",
+                "--num_envs=8", "--rollout_len=6.4e1", "--eval_episodes=2e0",
+                "--log_points=2", "--compilation_cache=", workdir=workdir, fast=True,
             ))
         elif item.originalname == "test_benchmark_prints_table_and_json":
             jobs.append(script_job(
