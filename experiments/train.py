@@ -25,15 +25,13 @@ params), learning_curve.png. Bad input: one line on stderr, exit code 2.
 
 import json
 import os
-import signal
-import socket
 import sys
-import threading
 import time
 
 from absl import app, flags, logging
 
 from jaxrl_dist import cli, errors
+from jaxrl_dist.run import sigterm
 
 cli.define_agent_flags()
 cli.define_distributed_flags()
@@ -101,75 +99,8 @@ def check_resume(workdir: str, config) -> None:
             )
 
 
-SIGTERM_GRACE_S = 10.0
-SIGTERM_EXIT_CODE = 143  # 128 + 15, what a shell reports for a process SIGTERM ended
-_terminated = threading.Event()  # SIGTERM came: the run stops with SIGTERM_EXIT_CODE
-_grace_lock = threading.Lock()
-_grace_timer: threading.Timer | None = None
-_wakeup: tuple[socket.socket, socket.socket] | None = None
-
-
-def handle_sigterm() -> None:
-    """SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt in the main thread: the
-    finished log points and, where the path can, a checkpoint are kept), with exit code
-    143. If the process still runs ``SIGTERM_GRACE_S`` later (its main thread blocked in
-    a C call, a collective or an orbax barrier, where Python signal handlers never run),
-    a timer thread ends it with ``os._exit(143)``.
-
-    Call from the main thread; again after ``jax.distributed.initialize``, whose
-    preemption notifier takes SIGTERM over (and otherwise only logs it)."""
-    global _wakeup
-    if _wakeup is None:
-        # Python's C-level handler writes each signal's number to this socket at once,
-        # whatever the main thread is doing; the Python handler runs when it is free.
-        reader, writer = _wakeup = socket.socketpair()
-        writer.setblocking(False)
-        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        threading.Thread(target=_watch_for_sigterm, args=(reader,), daemon=True,
-                         name="sigterm-watch").start()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(signum, frame):
-    _start_grace_timer()  # also here: should another part replace the wakeup socket
-    if _terminated.is_set():
-        return  # already stopping: do not interrupt the checkpoint being saved
-    _terminated.set()
-    raise KeyboardInterrupt
-
-
-def _watch_for_sigterm(reader: socket.socket) -> None:
-    while True:
-        data = reader.recv(64)
-        if not data:
-            return
-        if signal.SIGTERM in data:
-            _start_grace_timer()
-            return
-
-
-def _start_grace_timer() -> None:
-    global _grace_timer
-    with _grace_lock:
-        if _grace_timer is None:
-            _grace_timer = threading.Timer(SIGTERM_GRACE_S, _exit_after_grace)
-            _grace_timer.daemon = True
-            _grace_timer.start()
-
-
-def _exit_after_grace() -> None:
-    sys.stderr.write(
-        f"error: still running {SIGTERM_GRACE_S:.0f} s after SIGTERM (blocked in a C "
-        "call: joining, a collective or a checkpoint save); exiting without cleanup\n"
-    )
-    sys.stderr.flush()
-    os._exit(SIGTERM_EXIT_CODE)
-
-
-def main(argv):
-    handle_sigterm()
-    # Before any jax call: jax logs backend probing (and orbax each save step) at INFO.
-    logging.set_verbosity(logging.WARNING)
+def check_flags(argv):
+    """Checks what needs no JAX backend; the distributed settings (exit 2 on bad input)."""
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
     try:
@@ -189,14 +120,14 @@ def main(argv):
         cli.configure_cpu_threads(dist.multi_process)
     except errors.ConfigError as e:
         cli.fail(str(e))
+    return dist
 
-    from jaxrl_dist import distributed
+
+def check_run():
+    """``(config, host settings, workdir, leftovers)`` after the checks that need the
+    joined processes; every process stops with the first one's error (exit 2)."""
     from jaxrl_dist.run import files, shared_dir
 
-    # Joins the other processes before anything else touches JAX (at most
-    # --startup_timeout_s: then one line, exit 1).
-    distributed.initialize(dist)
-    handle_sigterm()  # back from JAX's preemption notifier
     try:
         config = cli.config_from_flags()
         host = cli.host_settings_from_flags()
@@ -219,10 +150,14 @@ def main(argv):
     except errors.ConfigError as e:
         shared_dir.report_failure(str(e))  # the other processes stop with it too
         cli.fail(str(e))
+    return config, host, workdir, leftovers
 
-    from jaxrl_dist import training, tuning
 
-    cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
+def clear_workdir(workdir: str, leftovers: bool) -> None:
+    """Removes a previous run's outputs (``--overwrite``, or what a run that stopped
+    before its first update left); process 0 alone, the others wait."""
+    from jaxrl_dist import distributed
+
     if leftovers and distributed.is_primary():
         print(f"reusing --workdir={workdir}: the run there stopped before its first update",
               flush=True)
@@ -239,7 +174,12 @@ def main(argv):
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("workdir cleared")
-    settings = training.RunSettings(
+
+
+def settings_from_flags():
+    from jaxrl_dist import training
+
+    return training.RunSettings(
         seed=FLAGS.seed,
         num_seeds=FLAGS.num_seeds,
         num_devices=FLAGS.num_devices,
@@ -250,6 +190,55 @@ def main(argv):
         wandb_project=FLAGS.wandb_project,
         chunk_compile=FLAGS.chunk_compile,
     )
+
+
+def stopped(error: BaseException, host, workdir: str) -> None:
+    """Reports a run stopped by Ctrl-C, SIGTERM or a failed actor and exits (130, 143,
+    1), once what finished is kept."""
+    from jaxrl_dist import tuning
+
+    terminated = sigterm.received()
+    interrupted = isinstance(error, KeyboardInterrupt)
+    why = ("terminated (SIGTERM)" if terminated else "interrupted") if interrupted else (
+        f"error: {error}")
+    code = (sigterm.EXIT_CODE if terminated else 130) if interrupted else 1
+    if host is None:
+        sys.stderr.write(f"{why}; state saved in checkpoints/ (continue with --resume)\n")
+    else:
+        saved = os.path.join(workdir, "checkpoint")
+        saved = f"last update's parameters in {saved}" if os.path.isdir(saved) else (
+            "no update had finished, nothing saved"
+        )
+        resumable = os.path.isdir(os.path.join(workdir, "checkpoints"))
+        sys.stderr.write(
+            f"{why}; actor threads joined; {saved}"
+            + ("; the last periodic whole-run checkpoint is in checkpoints/ (--resume)"
+               if resumable else "") + "\n"
+        )
+    # Threads joined, checkpoint and metrics written and closed: on CPU skip the
+    # interpreter's teardown (cpu/process_exit.py).
+    if host is not None or terminated:
+        tuning.exit_process(code)
+    sys.exit(code)
+
+
+def main(argv):
+    sigterm.handle()
+    # Before any jax call: jax logs backend probing (and orbax each save step) at INFO.
+    logging.set_verbosity(logging.WARNING)
+    dist = check_flags(argv)
+    from jaxrl_dist import distributed
+
+    # Joins the other processes before anything else touches JAX (at most
+    # --startup_timeout_s: then one line, exit 1).
+    distributed.initialize(dist)
+    sigterm.handle()  # back from JAX's preemption notifier
+    config, host, workdir, leftovers = check_run()
+    from jaxrl_dist import training, tuning
+
+    cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
+    clear_workdir(workdir, leftovers)
+    settings = settings_from_flags()
     primary = distributed.is_primary()
     if primary:
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)
@@ -269,31 +258,7 @@ def main(argv):
         sys.stderr.write(f"error: {e}\n")
         sys.exit(1)
     except (KeyboardInterrupt, errors.ActorError) as e:
-        terminated = _terminated.is_set()
-        if host is None:
-            sys.stderr.write(("terminated (SIGTERM)" if terminated else "interrupted")
-                             + "; state saved in checkpoints/ (continue with --resume)\n")
-            if terminated:
-                tuning.exit_process(SIGTERM_EXIT_CODE)
-            sys.exit(SIGTERM_EXIT_CODE if terminated else 130)
-        saved = os.path.join(workdir, "checkpoint")
-        saved = f"last update's parameters in {saved}" if os.path.isdir(saved) else (
-            "no update had finished, nothing saved"
-        )
-        interrupted = isinstance(e, KeyboardInterrupt)
-        resumable = os.path.isdir(os.path.join(workdir, "checkpoints"))
-        sys.stderr.write(
-            (("terminated (SIGTERM)" if terminated else "interrupted") if interrupted
-             else f"error: {e}")
-            + f"; actor threads joined; {saved}"
-            + ("; the last periodic whole-run checkpoint is in checkpoints/ (--resume)"
-               if resumable else "") + "\n"
-        )
-        # Threads joined, checkpoint and metrics written and closed: on CPU skip the
-        # interpreter's teardown (cpu/process_exit.py).
-        code = (SIGTERM_EXIT_CODE if terminated else 130) if interrupted else 1
-        tuning.exit_process(code)
-        sys.exit(code)
+        stopped(e, host, workdir)
     if primary:
         print(f"wrote metrics.jsonl, config.json, checkpoints/, checkpoint/, "
               f"learning_curve.png to {workdir}")
@@ -306,12 +271,12 @@ def run_main(argv):
     try:
         main(argv)
     except KeyboardInterrupt:
-        if not _terminated.is_set():
+        if not sigterm.received():
             raise
         sys.stdout.flush()
         sys.stderr.write("terminated (SIGTERM)\n")
         sys.stderr.flush()
-        os._exit(SIGTERM_EXIT_CODE)
+        os._exit(sigterm.EXIT_CODE)
 
 
 if __name__ == "__main__":

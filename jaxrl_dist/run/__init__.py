@@ -11,4 +11,7 @@ guard, checkpoint cadence), evaluate, and finish (final params, summary, plot).
   files     metrics history, config.json, writers, identity check on resume.
   progress  the console progress line (one ``progress_fn``).
   shell     the ``ActingPath`` protocol and ``run``.
+  memory    the device memory a run needs, checked before compiling.
+  shared_dir  the start-up check that every process sees the same --workdir.
+  sigterm   SIGTERM ends a run as Ctrl-C does, and the process within 10 s.
 """
