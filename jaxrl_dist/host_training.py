@@ -508,11 +508,14 @@ class HostPath:
         return jax.device_get(_local(params))
 
     def evaluate(self) -> np.ndarray:
+        """Greedy returns ``[1, eval_episodes]`` on fresh host envs; an episode cut by an
+        env fault is re-run (``evaluation.evaluate_on_host``; ActorError when the env
+        keeps failing)."""
         params = jax.device_get(_local(self.state.params))
         returns = evaluation.evaluate_on_host(
             self.config.env, self.fns.policy, self.fns.mode, params,
             self.settings.eval_episodes, self.settings.seed + 2**30,
-            self.spec.max_episode_steps,
+            self.spec.max_episode_steps, log=self.log,
         )
         return np.asarray(returns)[None]
 

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxrl_dist import agents, distributed, errors, evaluation, parallel, writers
-from jaxrl_dist.agents import common, on_device
+from jaxrl_dist.agents import base, common, on_device
 from jaxrl_dist.run import files, memory, shell
 from jaxrl_dist.run.progress import ProgressFn
 from jaxrl_dist.run.settings import (  # noqa: F401 - the run's settings, re-exported
@@ -70,6 +70,11 @@ def _per_episode(metrics: dict[str, np.ndarray], name: str) -> np.ndarray:
     """``[S]`` mean of ``name`` over the finished episodes (NaN where none finished)."""
     with np.errstate(all="ignore"):
         return np.where(metrics["episodes"] > 0, metrics[name] / metrics["episodes"], np.nan)
+
+
+def _guard_only(name: str) -> bool:
+    """Metric ``name`` is for the finite guard, not for metrics.jsonl."""
+    return name in on_device.GUARD_METRICS or base.is_nonfinite_flag(name)
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -207,33 +212,39 @@ class OnDevicePath:
             "train/episode_return_per_seed": returns,
             "train/episode_length": _nanmean(_per_episode(host, "episode_length_sum")),
             **{k: float(np.mean(v)) for k, v in host.items()
-               if k not in on_device.SUM_METRICS and k not in on_device.GUARD_METRICS},
+               if k not in on_device.SUM_METRICS and not _guard_only(k)},
         }
         return shell.LogPoint(done_updates, record, checkpoint, guard=host)
 
     def check_finite(self, point: shell.LogPoint, where: str) -> None:
-        """Raises NonFiniteError naming the first update and the metrics that went
-        non-finite."""
+        """Raises NonFiniteError naming where non-finite values first appeared (one of
+        ``base.NONFINITE_PLACES``, in the order data flows), the first update and seed
+        with one, and the logged metrics that went non-finite.
+
+        The place is the first one flagged by the chunk's updates of that seed (its
+        flags are averaged over the chunk): where the first bad update's values began
+        unless an earlier place also went bad later in the chunk with finite
+        parameters in between."""
         host = point.guard
-        bad_update = np.asarray(host[on_device.NONFINITE_UPDATE])
-        params_ok = np.asarray(host[on_device.PARAMS_FINITE])
+        bad_update = np.asarray(host[on_device.NONFINITE_UPDATE])  # [S], -1: none
+        params_ok = np.asarray(host[on_device.PARAMS_FINITE])  # [S]
         if np.all(bad_update < 0) and np.all(params_ok):
             return
         names = sorted(
             k for k, v in host.items()
-            if k not in on_device.GUARD_METRICS and not np.all(np.isfinite(np.asarray(v)))
+            if not _guard_only(k) and not np.all(np.isfinite(np.asarray(v)))
         )
         if np.any(bad_update >= 0):
             update = int(np.min(bad_update[bad_update >= 0]))
+            seed = int(np.flatnonzero(bad_update == update)[0])
+            at = f"update {update}"
+            place = base.first_nonfinite_place({k: np.asarray(v)[seed] for k, v in host.items()})
             seeds = np.flatnonzero(bad_update >= 0).tolist()
-            raise errors.NonFiniteError(
-                f"non-finite {', '.join(names) or 'metric'} at update {update} (seed(s) "
-                f"{seeds}); stopped, {where}"
-            )
-        seeds = np.flatnonzero(~params_ok).tolist()
+        else:  # only the parameters, and no update flagged them (changed outside ``learn``)
+            seeds = np.flatnonzero(~params_ok).tolist()
+            seed, at, place = seeds[0], f"after update {point.updates}", "parameters"
         raise errors.NonFiniteError(
-            f"non-finite parameters after update {point.updates} (seed(s) {seeds}); "
-            f"stopped, {where}"
+            errors.nonfinite_message(place, f"{at}, seed {seed}", names, where, seeds)
         )
 
     def checkpoint_meta(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def test_host_actor_run_stops_on_a_nan_loss_and_saves_the_last_finite_params(
     with pytest.raises(errors.NonFiniteError) as info:
         host_training.train_host(config, settings, host, workdir, log=lambda s: None)
     assert str(info.value) == (
-        "non-finite loss/total at update 6; stopped, parameters of update 4 (the last finite "
+        "non-finite loss/total (update 6); stopped, parameters of update 4 (the last finite "
         "ones) saved in checkpoint/"
     )
     params = checkpoint.load_params(os.path.join(workdir, "checkpoint"))

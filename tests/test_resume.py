@@ -180,7 +180,7 @@ def test_a_nan_loss_stops_the_run_naming_the_update_and_keeps_the_last_good_chec
     with pytest.raises(errors.NonFiniteError) as info:
         training.train(config, settings, workdir, log=lambda s: None)
     message = str(info.value)
-    assert "non-finite loss/total" in message and "at update 13 " in message
+    assert "non-finite loss/total" in message and "(update 13, seed 0)" in message
     assert f"last good checkpoint: update 10 in {workdir}/checkpoints" in message
     assert checkpoint.RunCheckpointer(os.path.join(workdir, "checkpoints")).latest_step() == 10
     assert not os.path.exists(os.path.join(workdir, "checkpoint"))

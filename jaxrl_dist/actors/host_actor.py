@@ -12,10 +12,19 @@ the learner through a bounded queue. Every wait (parameters, queue) has a short
 timeout and re-checks the stop event, so a stop request ends the thread within
 a fraction of a second.
 
-Faults: an exception raised by the environment's ``step``/``reset`` is caught;
-the vector env is re-created with a fresh seed, the partial rollout is dropped,
-the event is counted and logged, and acting goes on. Any other exception is
-fatal: it is stored in ``error``, the stop event is set and the thread ends.
+Faults: an exception raised by the environment's ``step`` is caught; the vector
+env is re-created with a fresh seed, the event is counted (``env_faults``) and the
+rollout goes on: the episodes the fault cut end at the last good step, marked
+``truncated`` (bootstrapped from their true next observation, as at a time limit),
+and the faulting step is taken again on the fresh envs. A ``reset`` that raises (at creation,
+at a re-creation, at an auto-reset) is retried on that one sub-env by
+``gymnasium_env.ResetGuard`` and counted the same way; a creation or re-creation
+that raises is retried here. Retries in a row wait ``gymnasium_env.backoff_s``;
+``gymnasium_env.MAX_CONSECUTIVE_FAULTS`` faults with no successful step between
+are fatal (``gymnasium_env.EnvFailed``, quoting the env's last exception). Warnings
+are rate-limited (``gymnasium_env.FaultLog``: one line per thread every
+``LOG_EVERY_S`` s, with counts). Any other exception is fatal: it is stored in
+``error``, the stop event is set and the thread ends.
 
 Checkpoints: at the start of each rollout that ``snapshot_at`` names, a thread
 fetches parameters and records an ``ActorState`` (its PRNG key, its envs' whole
@@ -100,7 +109,9 @@ class ActorThread(threading.Thread):
       out: bounded queue of ``Rollout`` to the learner.
       to_learner: ``tree of [T, B, ...] -> tree on the learner mesh`` (the transfer).
       stop: set by anyone to stop every thread.
-      make_env: ``(settings, seed) -> VectorEnv`` (tests inject faulty envs here).
+      make_env: ``(settings, seed) -> VectorEnv`` (tests inject faulty envs here; what
+        it returns needs ``VectorEnv``'s ``obs``, ``step``, ``recreate``, ``pop_faults``,
+        ``pop_episode_sums``, ``get_state``, ``set_state``, ``close``).
       finish_fn: optional jitted ``(params, traj, env_ids) -> batch`` run on the actor
         device on each rollout before it is sent (an agent's ``actor_batch``).
       snapshot_at: ``rollout_index -> bool``: rollouts to start with a parameter fetch
@@ -140,6 +151,10 @@ class ActorThread(threading.Thread):
         self.env_faults = start.env_faults if start else 0
         self.env_steps = start.env_steps if start else 0
         self._faults_unreported = start.faults_unreported if start else 0
+        self._consecutive = 0  # env faults since the last successful step
+        self._fault_log = gymnasium_env.FaultLog(
+            f"actor {index} ({settings.env})", lambda line: log.warning("%s", line)
+        )
         self._snapshots: dict[int, ActorState] = {}
         self._snapshot_cond = threading.Condition()
 
@@ -176,7 +191,9 @@ class ActorThread(threading.Thread):
     def run(self) -> None:
         env = None
         try:
-            env = self.make_env(self.settings, self._seed())
+            env = self._create()
+            if env is None:  # stopped while retrying
+                return
             if self.start_state is not None and self.start_state.env_state is not None:
                 env.set_state(self.start_state.env_state)
             self._run(env)
@@ -189,6 +206,65 @@ class ActorThread(threading.Thread):
                 env.close()
             with self._snapshot_cond:  # wakes a learner waiting for a snapshot
                 self._snapshot_cond.notify_all()
+
+    def _fault(self, error: BaseException, where: str, action: str) -> None:
+        """Counts and logs (rate-limited) one env fault in ``where``; waits its backoff.
+
+        Raises:
+          EnvFailed: it is the ``MAX_CONSECUTIVE_FAULTS``-th in a row.
+        """
+        self._consecutive += 1
+        self.env_faults += 1
+        self._faults_unreported += 1
+        self._fault_log.fault(1, f"{gymnasium_env.describe(error)} (in {where})", action)
+        if self._consecutive >= gymnasium_env.MAX_CONSECUTIVE_FAULTS:
+            raise gymnasium_env.gave_up(
+                self.settings.env, self._consecutive, where, error
+            ) from error
+        self.stop.wait(gymnasium_env.backoff_s(self._consecutive))
+
+    def _absorbed(self, env) -> None:
+        """Counts and logs the reset faults ``env``'s sub-envs absorbed (``ResetGuard``)."""
+        count, last = env.pop_faults()
+        if count:
+            self.env_faults += count
+            self._faults_unreported += count
+            self._fault_log.fault(count, f"{last} (in reset)",
+                                  "re-made that env and reset it with a fresh seed")
+
+    def _create(self):
+        """The thread's vector env from ``make_env``, retried with fresh seeds while it
+        raises (``None``: stopped first). Raises EnvFailed (see ``_fault``)."""
+        while not self.stop.is_set():
+            try:
+                env = self.make_env(self.settings, self._seed())
+            except gymnasium_env.EnvFailed:
+                raise
+            except Exception as e:  # noqa: BLE001 - any env failure: retry
+                self._fault(e, "creation", "retrying with a fresh seed")
+                continue
+            self._absorbed(env)
+            return env
+        return None
+
+    def _recreate(self, env, error: BaseException, where: str) -> None:
+        """After ``env`` raised ``error`` in ``where``: counts it and re-creates ``env``
+        with fresh seeds until that works (or a stop). Raises EnvFailed (``_fault``)."""
+        while True:
+            self._fault(error, where,
+                        "re-creating the vector env with a fresh seed (episodes in "
+                        "progress cut: truncated at the last good step)")
+            if self.stop.is_set():
+                return
+            try:
+                env.recreate(self._seed())
+            except gymnasium_env.EnvFailed:
+                raise
+            except Exception as e:  # noqa: BLE001 - any env failure: retry
+                error, where = e, "re-creation"
+                continue
+            self._absorbed(env)
+            return
 
     def _params(self, rollout_index: int, timings: dict) -> tuple[int, Any] | None:
         t0 = time.perf_counter()
@@ -224,7 +300,7 @@ class ActorThread(threading.Thread):
                     params = jax.device_put(published, self.device)
                     cached_version = version
             steps = self._act(env, params, key, env_ids, timings)
-            if steps is None:  # the env raised (re-created) or a stop: rollout dropped
+            if steps is None:  # a stop: the partial rollout is dropped
                 continue
             key, columns = steps
             t0 = time.perf_counter()
@@ -250,12 +326,17 @@ class ActorThread(threading.Thread):
             rollout_index += 1
 
     def _act(self, env, params, key, env_ids, timings):
-        """``(key, Transition of numpy [T, B, ...])``, or ``None`` if the env raised or a
-        stop was requested."""
+        """``(key, Transition of numpy [T, B, ...])``, or ``None`` if a stop was requested.
+
+        A step that raises re-creates the env (``_recreate``) and the rollout goes on
+        from the fresh episodes: the episodes it cut end at the last good step, marked
+        ``truncated`` there (bootstrapped from their true next observation, like a time
+        limit); the faulting step itself is not a transition and is taken again.
+        """
         s = self.settings
         obs, actions, log_probs, dists = [], [], [], []
         rewards, terminated, truncated, next_obs = [], [], [], []
-        for _ in range(s.rollout_len):
+        while len(obs) < s.rollout_len:
             if self.stop.is_set():  # stop mid-rollout: the partial rollout is dropped
                 return None
             t0 = time.perf_counter()
@@ -268,16 +349,16 @@ class ActorThread(threading.Thread):
             current_obs = env.obs
             try:
                 step = env.step(action)
+            except gymnasium_env.EnvFailed:  # a sub-env's reset gave up: fatal
+                raise
             except Exception as e:  # noqa: BLE001 - any env failure: re-create and go on
-                self.env_faults += 1
-                self._faults_unreported += 1
-                log.warning(
-                    "actor %d: env raised %r; re-creating it (fault %d), rollout dropped",
-                    self.index, e, self.env_faults,
-                )
-                env.recreate(self._seed())
+                self._recreate(env, e, "step")
                 timings["env_step_s"] += time.perf_counter() - t1
-                return None
+                if truncated:  # the cut episodes end here (terminated ones stay so)
+                    truncated[-1] = truncated[-1] | ~terminated[-1]
+                continue
+            self._consecutive = 0
+            self._absorbed(env)
             timings["env_step_s"] += time.perf_counter() - t1
             obs.append(current_obs)
             actions.append(action)

@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxrl_dist import errors
 from jaxrl_dist.actors import host_actor
+from jaxrl_dist.agents import base
 
 
 class Interval:
@@ -76,20 +77,20 @@ def gather_interval(interval: Interval) -> None:
 
 def check_finite(interval: Interval, done_updates: int, params_finite: bool,
                   good_update: int) -> None:
-    """Raises NonFiniteError naming the first update of ``interval`` with a NaN/inf metric."""
+    """Raises NonFiniteError naming where non-finite values first appeared (one of
+    ``base.NONFINITE_PLACES``, in the order data flows, from the update's flags), the
+    first update of ``interval`` with one, and its logged metrics that went non-finite."""
+    where = f"parameters of update {good_update} (the last finite ones) saved in checkpoint/"
     first = done_updates - len(interval.metrics) + 1
     for i, metrics in enumerate(jax.device_get(interval.metrics)):
-        names = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
-        if names:
-            raise errors.NonFiniteError(
-                f"non-finite {', '.join(names)} at update {first + i}; stopped, parameters of "
-                f"update {good_update} (the last finite ones) saved in checkpoint/"
-            )
-    if not params_finite:
-        raise errors.NonFiniteError(
-            f"non-finite parameters after update {done_updates}; stopped, parameters of "
-            f"update {good_update} (the last finite ones) saved in checkpoint/"
-        )
+        bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+        if bad:
+            names = [k for k in bad if not base.is_nonfinite_flag(k)]
+            raise errors.NonFiniteError(errors.nonfinite_message(
+                base.first_nonfinite_place(metrics), f"update {first + i}", names, where))
+    if not params_finite:  # no update flagged them: changed outside ``learn``
+        raise errors.NonFiniteError(errors.nonfinite_message(
+            "parameters", f"after update {done_updates}", [], where))
 
 
 def record(interval: Interval, env_steps: int, dt: float) -> dict:
@@ -109,5 +110,6 @@ def record(interval: Interval, env_steps: int, dt: float) -> dict:
         **{f"time/{k}": v for k, v in interval.timings.items()},
     }
     for name in host_metrics[0]:
-        record[name] = float(np.mean([m[name] for m in host_metrics]))
+        if not base.is_nonfinite_flag(name):  # the finite guard's
+            record[name] = float(np.mean([m[name] for m in host_metrics]))
     return record

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -65,6 +66,71 @@ class AgentFunctions(NamedTuple):
 # A rollout of the on-device path: ``(acting_params, env_state, key, env_ids) ->
 # (env_state, traj [T, B_local, ...], episode metrics)``.
 Rollout = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, types.Transition, dict]]
+
+# Where non-finite values can appear in an update, in the order data flows through it.
+NONFINITE_PLACES = ("observations", "rewards", "loss", "gradients", "parameters")
+# Every ``learn`` returns one float32 flag metric per place, ``NONFINITE_FLAG + place``:
+# NaN where that place held a NaN/inf in the update, else 0 (not logged: a NaN flag
+# trips the finite guards, which name the first place; see ``first_nonfinite_place``).
+# Of several gradient steps only the first with a non-finite value is flagged, and an
+# update that starts from non-finite parameters flags ``parameters`` alone (what
+# follows is their consequence), so the first flagged place is where it began.
+NONFINITE_FLAG = "guard/nonfinite/"
+NONFINITE_FLAGS = tuple(NONFINITE_FLAG + place for place in NONFINITE_PLACES)
+
+
+def all_finite(*trees) -> jax.Array:
+    """``bool[]``: every floating-point element of ``trees`` is finite (one reduction per
+    leaf; integer and bool leaves are finite)."""
+    leaves = [x for tree in trees for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
+
+def nonfinite_flags(**finite: jax.Array) -> dict[str, jax.Array]:
+    """``{NONFINITE_FLAG + place: float32 NaN where not finite[place], else 0}`` for the
+    places named (``bool[]`` values from ``all_finite``)."""
+    return {NONFINITE_FLAG + place: jnp.where(ok, 0.0, jnp.nan).astype(jnp.float32)
+            for place, ok in finite.items()}
+
+
+def first_step_flags(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Removes the flag metrics of stacked gradient steps (``[...]``, steps in order along
+    the flattened leading axes) from ``metrics``; returns those of the first step with a
+    NaN flag (the first step's, all 0, when none has)."""
+    flags = {k: metrics.pop(k).reshape(-1) for k in NONFINITE_FLAGS if k in metrics}
+    bad = jnp.stack([jnp.isnan(v) for v in flags.values()]).any(axis=0)
+    first = jnp.argmax(bad)
+    return {k: v[first] for k, v in flags.items()}
+
+
+def update_flags(params_finite: jax.Array, flags: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """All ``NONFINITE_FLAGS`` of an update from ``flags`` (missing ones 0) and whether the
+    parameters it started from were finite (if not, only ``parameters`` is flagged)."""
+    params_flag = NONFINITE_FLAG + "parameters"
+    zero = jnp.zeros((), jnp.float32)
+    return {
+        k: jnp.where(params_finite, flags.get(k, zero),
+                     jnp.nan if k == params_flag else 0.0).astype(jnp.float32)
+        for k in NONFINITE_FLAGS
+    }
+
+
+def is_nonfinite_flag(name: str) -> bool:
+    """Whether metric ``name`` is one of ``NONFINITE_FLAGS`` (kept out of logged records)."""
+    return name.startswith(NONFINITE_FLAG)
+
+
+def first_nonfinite_place(metrics: dict[str, Any]) -> str | None:
+    """The first of ``NONFINITE_PLACES`` whose flag in ``metrics`` (host values of one
+    update, or of a chunk averaged over its updates) is non-finite, or ``None``."""
+    for place in NONFINITE_PLACES:
+        value = metrics.get(NONFINITE_FLAG + place)
+        if value is not None and not np.all(np.isfinite(np.asarray(value))):
+            return place
+    return None
 
 
 class Agent:
@@ -134,7 +200,7 @@ class Agent:
 
         Returns:
           ``(params, opt_state, agent_state, metrics)``; metrics are scalars, already
-          averaged over the mesh.
+          averaged over the mesh, among them the update's ``NONFINITE_FLAGS``.
         """
         raise NotImplementedError
 

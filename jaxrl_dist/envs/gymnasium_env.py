@@ -9,10 +9,25 @@ instead: the step that ends an episode already returns the reset observation,
 and ``info["final_obs"]`` holds the true last observation, so each step is a
 real transition ``(obs, action, reward, next_obs)`` exactly as in the gymnax
 adapter: truncation bootstraps from V(next_obs), termination does not.
+
+Faults (an env that raises): every sub-env is wrapped in ``ResetGuard``, so a
+``reset`` that raises (at creation, at a re-creation, or at an auto-reset inside
+``step``) re-makes that one env and resets it with a fresh seed, after a backoff
+(``backoff_s``); these faults come back through the reset's info (``FAULTS_KEY``)
+and ``VectorEnv.pop_faults`` hands them over. A ``step`` that raises leaves the
+vector env in an unknown state: the caller re-creates it (``VectorEnv.recreate``;
+see actors/host_actor.py). Whoever retries gives up after
+``MAX_CONSECUTIVE_FAULTS`` faults in a row with ``EnvFailed``, whose one-line
+message quotes the env's own last exception; ``FaultLog`` keeps the warnings to
+one line per env every ``LOG_EVERY_S`` seconds.
 """
 
 import contextlib
+import functools
+import math
 import pickle
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import gymnasium
@@ -24,6 +39,118 @@ from jaxrl_dist import errors
 
 PREFIX = "gymnasium:"
 VECTORIZATION_MODES = ("sync", "async")
+
+# An env that raises this many times in a row (reset or step, with no successful step
+# in between; re-creations included) is broken, not flaky: the run ends with EnvFailed
+# (an actor thread's fatal error; the learner raises errors.ActorError). With a reset
+# that fails 1 time in 10 a sub-env gives up once in 1e10 resets; an env that always
+# fails ends the run after the backoffs below, about 2.3 s.
+MAX_CONSECUTIVE_FAULTS = 10
+BACKOFF_S = 0.01  # wait before the 2nd try in a row; doubled for each further one...
+BACKOFF_MAX_S = 1.0  # ...up to this (the 1st retry after an isolated fault waits 0 s)
+LOG_EVERY_S = 5.0  # at most one fault warning per env (actor thread, evaluation) this often
+FAULTS_KEY = "jaxrl_dist_env_faults"  # reset info: faults absorbed by ResetGuard (int)
+FAULT_ERROR_KEY = "jaxrl_dist_env_fault_error"  # reset info: the last one (describe)
+
+
+class EnvFailed(RuntimeError):
+    """An env raised ``MAX_CONSECUTIVE_FAULTS`` times in a row; the message (one line)
+    names the env and quotes its last exception (type and message)."""
+
+    def __init__(self, message: Any):
+        # An async vector env re-raises a worker's error as ``type(error)(error)``.
+        super().__init__(str(message))
+
+
+def describe(error: BaseException) -> str:
+    """``RuntimeError: what it said`` on one line (newlines folded)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def backoff_s(consecutive: int) -> float:
+    """Seconds to wait before retrying after the ``consecutive``-th fault in a row
+    (``consecutive >= 1``): 0, then ``BACKOFF_S`` doubling up to ``BACKOFF_MAX_S``."""
+    if consecutive <= 1:
+        return 0.0
+    return min(BACKOFF_S * 2.0 ** (consecutive - 2), BACKOFF_MAX_S)
+
+
+def gave_up(env: str, consecutive: int, where: str, error: BaseException) -> EnvFailed:
+    """The ``EnvFailed`` for ``env`` after ``consecutive`` faults in a row, the last in
+    ``where`` (``reset``, ``step``, ...)."""
+    return EnvFailed(
+        f"{env} raised {consecutive} times in a row (limit MAX_CONSECUTIVE_FAULTS="
+        f"{MAX_CONSECUTIVE_FAULTS}), last in {where}: {describe(error)}"
+    )
+
+
+class FaultLog:
+    """Rate-limited fault warnings of one env (an actor thread's, an evaluation's).
+
+    ``fault`` counts; at most one line per ``every_s`` seconds is passed to ``emit``,
+    with the faults since the previous line and in all (``total``).
+    """
+
+    def __init__(self, name: str, emit: Callable[[str], None], every_s: float = LOG_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name, self.emit, self.every_s, self.clock = name, emit, every_s, clock
+        self.total = 0
+        self._since = 0
+        self._last = -math.inf
+
+    def fault(self, count: int, error: str, action: str) -> None:
+        """Counts ``count`` faults, the last of which raised ``error`` (``describe``);
+        ``action``: what is done about them."""
+        self.total += count
+        self._since += count
+        now = self.clock()
+        if now - self._last >= self.every_s:
+            self.emit(f"{self.name}: env raised {error}; {action} ({self._since} fault(s) "
+                      f"since the last such line, {self.total} in all; at most one line "
+                      f"per {self.every_s:g}s)")
+            self._since, self._last = 0, now
+
+
+class ResetGuard(gymnasium.Wrapper):
+    """Retries a ``reset`` that raises: re-makes the env (``gymnasium.make(env_id)``) and
+    resets it with a fresh seed, waiting ``backoff_s`` before each retry.
+
+    The number of faults and the last one (``describe``) are added to the info of the
+    reset that finally works (``FAULTS_KEY``, ``FAULT_ERROR_KEY``).
+
+    Raises:
+      EnvFailed: ``MAX_CONSECUTIVE_FAULTS`` tries in a row raised.
+    """
+
+    def __init__(self, env: gymnasium.Env, env_id: str):
+        super().__init__(env)
+        self.env_id = env_id
+        self._seed = 0  # the last seed asked for; fresh seeds are derived from it
+        self._remakes = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self._seed = int(seed)
+        faults, error = 0, None
+        while True:
+            try:
+                if faults:
+                    with contextlib.suppress(Exception):  # it may be broken
+                        self.env.close()
+                    self.env = gymnasium.make(self.env_id)
+                    self._remakes += 1
+                    seed = (self._seed + self._remakes * 7_919_993) % 2**31
+                obs, info = self.env.reset(seed=seed, options=options)
+                break
+            except Exception as e:  # noqa: BLE001 - any env failure: re-make and retry
+                faults, error = faults + 1, e
+                if faults >= MAX_CONSECUTIVE_FAULTS:
+                    raise gave_up(PREFIX + self.env_id, faults, "reset", e) from e
+                time.sleep(backoff_s(faults))
+        if faults:
+            info = dict(info, **{FAULTS_KEY: faults, FAULT_ERROR_KEY: describe(error)})
+        return obs, info
 
 
 def is_gymnasium(env: str) -> bool:
@@ -115,6 +242,11 @@ class VectorEnv:
 
     Running episode returns and lengths are tracked here (host side);
     ``pop_episode_sums`` hands over those of the episodes finished since the last call.
+    Every sub-env is wrapped in ``ResetGuard``; ``pop_faults`` hands over the reset
+    faults it absorbed.
+
+    Raises (construction, ``recreate``): whatever making or resetting the envs raises;
+    ``EnvFailed`` when a sub-env's reset raised ``MAX_CONSECUTIVE_FAULTS`` times in a row.
     """
 
     def __init__(self, env: str, num_envs: int, seed: int, vectorization: str = "sync"):
@@ -122,6 +254,7 @@ class VectorEnv:
         self.num_envs = num_envs
         self.vectorization = vectorization
         self._env = None
+        self._faults: list[Any] = [0, None]  # reset faults absorbed, the last (describe)
         self._open(seed)
 
     def _open(self, seed: int) -> None:
@@ -133,12 +266,14 @@ class VectorEnv:
         self._env = gymnasium.make_vec(
             self.env_id, num_envs=self.num_envs, vectorization_mode=self.vectorization,
             vector_kwargs=vector_kwargs,
+            wrappers=[functools.partial(ResetGuard, env_id=self.env_id)],
         )
         space = self._env.single_action_space
         self._box_bounds = (
             (space.low, space.high) if type(space).__name__ == "Box" else None
         )
-        obs, _ = self._env.reset(seed=seed)
+        obs, info = self._env.reset(seed=seed)
+        self._note_faults(info)
         self.obs = np.asarray(obs, np.float32)
         self._returns = np.zeros(self.num_envs, np.float64)
         self._lengths = np.zeros(self.num_envs, np.int64)
@@ -147,7 +282,8 @@ class VectorEnv:
     def recreate(self, seed: int) -> None:
         """Closes the (possibly broken) vector env and builds a fresh one reset with ``seed``.
 
-        Episodes in progress are dropped from the statistics.
+        Episodes in progress are dropped from the statistics. Raises what the
+        constructor raises; may be called again after it did.
         """
         self.close()
         self._open(seed)
@@ -171,6 +307,8 @@ class VectorEnv:
             final = info["final_obs"]
             for i in np.flatnonzero(done):
                 next_obs[i] = final[i]
+        if FAULTS_KEY in info:  # a sub-env's auto-reset raised and was retried
+            self._note_faults(info)
         reward = np.asarray(reward, np.float32)
         self._returns += reward
         self._lengths += 1
@@ -211,8 +349,23 @@ class VectorEnv:
                              f"{self.num_envs}")
         for env in self._env.envs:
             env.close()
-        self._env.envs = envs
+        self._env.envs = [  # a state saved before ResetGuard existed holds bare envs
+            e if isinstance(e, ResetGuard) else ResetGuard(e, self.env_id) for e in envs
+        ]
         self._finished = list(finished)
+
+    def _note_faults(self, info: dict[str, Any]) -> None:
+        if FAULTS_KEY not in info:
+            return
+        mask = info[f"_{FAULTS_KEY}"]
+        self._faults[0] += int(np.asarray(info[FAULTS_KEY])[mask].sum())
+        self._faults[1] = next(e for e in info[FAULT_ERROR_KEY][mask][::-1] if e)
+
+    def pop_faults(self) -> tuple[int, str | None]:
+        """``(count, last)``: reset faults its sub-envs absorbed (``ResetGuard``) since the
+        last call, and the last one's ``describe`` text (``None`` if none)."""
+        faults, self._faults = tuple(self._faults), [0, None]
+        return faults
 
     def pop_episode_sums(self) -> tuple[float, float, int]:
         """``(return_sum, length_sum, count)`` of episodes finished since the last call."""

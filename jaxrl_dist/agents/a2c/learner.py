@@ -7,6 +7,7 @@ the mesh. A2C acts with the current parameters and uses n-step returns; IMPALA
 (``agents/impala/learner.py``) overrides the two hooks.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -87,11 +88,18 @@ class Agent(base.Agent):
         })
         return total, metrics
 
-    def _sgd_step(self, carry, minibatch: types.Transition):
+    def _sgd_step(self, carry, minibatch: types.Transition, data_flags=None):
+        """One gradient step; ``data_flags`` (the update's ``observations``/``rewards``
+        flags, local) join its metrics' one all-reduce with the step's own flags."""
         params, opt_state = carry
         grads, metrics = parallel.mean_grad(self._loss, params, minibatch)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        metrics.update(data_flags or {})
+        metrics.update(base.nonfinite_flags(
+            loss=jnp.isfinite(metrics["loss/total"]), gradients=base.all_finite(grads),
+            parameters=base.all_finite(params),
+        ))
         metrics = parallel.pmean(metrics)
         metrics["opt/grad_norm"] = optax.tree.norm(grads)
         return (params, opt_state), metrics
@@ -99,6 +107,12 @@ class Agent(base.Agent):
     def learn(self, params, opt_state, agent_state, traj: types.Transition, key, env_ids):
         del key, env_ids
         epochs, minibatches = self.sgd_layout()
+        params_finite = base.all_finite(params)
+        data_flags = base.nonfinite_flags(
+            observations=base.all_finite(traj.obs, traj.next_obs),
+            rewards=base.all_finite(traj.reward),
+        )
+        sgd_step = functools.partial(self._sgd_step, data_flags=data_flags)
         # Minibatch j holds the envs whose global index is j mod M: the same sets on any
         # number of devices (local envs per device are a multiple of M).
         split = jax.tree.map(
@@ -108,10 +122,13 @@ class Agent(base.Agent):
             traj,
         )
         (params, opt_state), metrics = jax.lax.scan(
-            lambda carry, _: jax.lax.scan(self._sgd_step, carry, split),
+            lambda carry, _: jax.lax.scan(sgd_step, carry, split),
             (params, opt_state), None, length=epochs,
         )
-        return params, opt_state, agent_state, jax.tree.map(jnp.mean, metrics)
+        step_flags = base.first_step_flags(metrics)  # [E, M] -> the first bad step's
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics.update(base.update_flags(params_finite, step_flags))
+        return params, opt_state, agent_state, metrics
 
     def on_device_update(self, state: TrainState, key: jax.Array, env_ids, rollout):
         key = jax.random.fold_in(key, state.update_step)

@@ -242,7 +242,7 @@ class Agent(base.Agent):
         q_taken = jnp.take_along_axis(q_tm1, items.action[:, None], axis=-1)
         return loss, (td, jnp.mean(q_taken))
 
-    def _learner_step(self, carry, key, beta, ready, storage):
+    def _learner_step(self, carry, key, beta, ready, storage, data_flags):
         cfg = self.config
         params, opt_state, state = carry
         # The storage is read-only here and stays out of the scan's carry (a carried
@@ -271,11 +271,15 @@ class Agent(base.Agent):
         target = jax.tree.map(
             lambda new, old: jnp.where(refresh, new, old), params, state.target_params
         )
+        loss = jnp.mean(weights * losses.huber_loss(td))
         metrics = parallel.pmean({
-            "loss/td": jnp.mean(weights * losses.huber_loss(td)),
+            "loss/td": loss,
             "td/abs_mean": jnp.mean(jnp.abs(td)),
             "q/mean": q_mean,
             "priority/is_weight_mean": jnp.mean(weights),
+            **data_flags,  # the update's observations/rewards flags (local)
+            **base.nonfinite_flags(loss=jnp.isfinite(loss), gradients=base.all_finite(grads),
+                                   parameters=base.all_finite(params)),
         })
         metrics["opt/grad_norm"] = optax.tree.norm(grads)
         return (params, opt_state, ApexState(replay._replace(storage=()), target, steps)), metrics
@@ -289,6 +293,11 @@ class Agent(base.Agent):
         cfg = self.config
         chex.assert_rank(batch.priorities, 2)
         # The local view of this device's shard: scalar position and size.
+        params_finite = base.all_finite(params)
+        data_flags = base.nonfinite_flags(
+            observations=base.all_finite(batch.items.obs, batch.items.next_obs),
+            rewards=base.all_finite(batch.items.reward),  # the n-step returns
+        )
         replay = agent_state.replay
         replay = replay._replace(position=replay.position[0], size=replay.size[0])
         flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
@@ -300,11 +309,13 @@ class Agent(base.Agent):
         keys = jax.random.split(key, cfg.learner_steps)
         storage = replay.storage
         (params, opt_state, state), metrics = jax.lax.scan(
-            lambda carry, k: self._learner_step(carry, k, beta, ready, storage),
+            lambda carry, k: self._learner_step(carry, k, beta, ready, storage, data_flags),
             (params, opt_state, state._replace(replay=replay._replace(storage=()))), keys,
         )
         state = state._replace(replay=state.replay._replace(storage=storage))
+        step_flags = base.first_step_flags(metrics)  # [learner_steps] -> the first bad one's
         metrics = jax.tree.map(jnp.mean, metrics)
+        metrics.update(base.update_flags(params_finite, step_flags))
         metrics["learner/ready"] = ready.astype(jnp.float32)
         metrics["replay/size"] = parallel.psum(state.replay.size).astype(jnp.float32)
         metrics["priority/beta"] = beta

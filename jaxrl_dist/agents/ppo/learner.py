@@ -113,6 +113,10 @@ class Agent(base.Agent):
         updates, opt_state = self.flat_optimizer.update(grads, opt_state, flat_params)
         flat_params = flat_params + updates
         metrics["opt/grad_norm"] = jnp.linalg.norm(grads)
+        metrics.update(base.nonfinite_flags(
+            loss=jnp.isfinite(metrics["loss/total"]), gradients=base.all_finite(grads),
+            parameters=base.all_finite(flat_params),
+        ))
         # Local metrics; averaged over devices once per update (in ``learn``).
         return (flat_params, opt_state, kl_beta), metrics
 
@@ -151,6 +155,11 @@ class Agent(base.Agent):
         eq. 8, β is then adapted (section 4) from ``ppo/update_kl``, the mean
         KL[π_old || π_new] over the rollout after the epochs (averaged over devices)."""
         cfg = self.config
+        params_finite = base.all_finite(params)
+        data_flags = base.nonfinite_flags(
+            observations=base.all_finite(traj.obs, traj.next_obs),
+            rewards=base.all_finite(traj.reward),
+        )
         values, next_values = self.values_and_next_values(params, traj)
         advantages, targets = losses.gae(
             traj.reward, values, next_values, self.discounts(traj), traj.truncated,
@@ -184,7 +193,9 @@ class Agent(base.Agent):
             epoch, (flat_params, opt_state, agent_state.kl_beta), (perms, moments)
         )
         params = unravel(flat_params)
+        step_flags = base.first_step_flags(metrics)  # [E, M] -> the first bad step's
         metrics = jax.tree.map(jnp.mean, metrics)
+        metrics.update(base.update_flags(params_finite, {**data_flags, **step_flags}))
         metrics["value/mean"] = jnp.mean(values)
         if cfg.objective == "kl":
             # Section 4's d: KL[π_old || π_new] over the whole rollout AFTER the epochs
