@@ -6,20 +6,25 @@ test ids (below) that raises ``RuntimeError`` with a given probability per call,
 always, or returns NaN observations; runs name it as ``--env=gymnasium:<id>``.
 """
 
+import dataclasses
 import itertools
 import json
 import logging
 import os
+import queue
 import re
+import threading
 import time
 
 import gymnasium
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
 
 from jaxrl_dist import agents, checkpoint, errors, evaluation, host_training, training
+from jaxrl_dist.actors import host_actor, param_server
 from jaxrl_dist.envs import gymnasium_env
 
 QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9)
@@ -233,12 +238,6 @@ class RaisesOnCall(gymnasium_env.VectorEnv):
 
 def one_rollout(env, rollout_len=8):
     """The first ``Rollout`` of an ``ActorThread`` acting on ``env`` with action 0."""
-    import queue
-    import threading
-
-    import jax
-
-    from jaxrl_dist.actors import host_actor, param_server
 
     def act(params, obs, key, env_ids):
         zeros = jnp.zeros(obs.shape[0], jnp.int32)
@@ -317,13 +316,6 @@ def test_a_creation_that_raises_is_retried_then_fatal_with_its_own_error():
         calls.append(seed)
         raise OSError("simulator license server unreachable")
 
-    import queue
-    import threading
-
-    import jax
-
-    from jaxrl_dist.actors import host_actor, param_server
-
     settings = host_actor.ActorSettings("gymnasium:CartPole-v1", 2, 8, "sync", False, 0)
     thread = host_actor.ActorThread(0, settings, jax.devices()[0], None,
                                     param_server.ParamServer(), queue.Queue(1), lambda x: x,
@@ -365,19 +357,14 @@ def test_step_and_reset_faults_are_survived_in_training_eval_and_resume(tmp_path
     # The finished run resumed: nothing left to train, the evaluation (with faults) again.
     lines.clear()
     resumed = host_training.train_host(
-        config, dict_replace(settings, resume=True), HOST, str(tmp_path), log=lines.append
+        config, dataclasses.replace(settings, resume=True), HOST, str(tmp_path),
+        log=lines.append
     )
     assert resumed["resumed_from"] == 8
     assert resumed["params_sha256"] == checkpoint.params_sha256(
         checkpoint.load_params(str(tmp_path / "checkpoint"))
     )
     assert any(x.startswith(f"greedy evaluation (gymnasium:{env_id}): ") for x in lines)
-
-
-def dict_replace(settings, **changes):
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)
 
 
 @pytest.mark.usefixtures("fast_compile")  # compile-bound
@@ -404,7 +391,7 @@ def test_an_env_that_always_fails_ends_the_run_with_one_line_and_few_log_lines(
     assert len(jaxrl_records(caplog)) <= 2 * HOST.num_threads, [
         r.getMessage() for r in jaxrl_records(caplog)]
     assert len(lines) <= 2, lines
-    assert not [t for t in __import__("threading").enumerate()
+    assert not [t for t in threading.enumerate()
                 if t.name.startswith("actor-") and t.is_alive()]
 
 
@@ -417,8 +404,10 @@ def test_an_env_returning_nan_observations_ends_the_run_not_hangs(tmp_path):
             str(tmp_path), log=lambda s: None,
         )
     assert time.perf_counter() - t0 < 60
-    assert "\n" not in str(failed.value)
-    print(f"NaN observations: {type(failed.value).__name__}: {failed.value}")  # -rP
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith("non-finite values first in observations (update 1)"), message
+    print(f"NaN observations: {type(failed.value).__name__}: {message}")  # -rP
     assert os.path.isdir(tmp_path / "checkpoint")
 
 

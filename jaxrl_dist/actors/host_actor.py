@@ -12,16 +12,19 @@ the learner through a bounded queue. Every wait (parameters, queue) has a short
 timeout and re-checks the stop event, so a stop request ends the thread within
 a fraction of a second.
 
-Faults: an exception raised by the environment's ``step`` is caught; the vector
-env is re-created with a fresh seed, the event is counted (``env_faults``) and the
-rollout goes on: the episodes the fault cut end at the last good step, marked
-``truncated`` (bootstrapped from their true next observation, as at a time limit),
-and the faulting step is taken again on the fresh envs. A ``reset`` that raises (at creation,
-at a re-creation, at an auto-reset) is retried on that one sub-env by
-``gymnasium_env.ResetGuard`` and counted the same way; a creation or re-creation
-that raises is retried here. Retries in a row wait ``gymnasium_env.backoff_s``;
-``gymnasium_env.MAX_CONSECUTIVE_FAULTS`` faults with no successful step between
-are fatal (``gymnasium_env.EnvFailed``, quoting the env's last exception). Warnings
+Faults: an exception raised by the environment's ``step`` is caught and counted
+(``env_faults``). With ``sync`` vectorization only the sub-env that raised is
+re-made with a fresh seed (``gymnasium_env.SubEnvFault``): the policy acts on its
+fresh observation and it is stepped again, so its row of the step is a real
+transition; with ``async`` the whole vector env is re-created and the step taken
+again. Either way the rollout goes on, and each episode the fault cut ends at its
+last good step, marked ``truncated`` (bootstrapped from its true next observation,
+as at a time limit). A ``reset`` that raises (at creation, at a re-creation, at an
+auto-reset) is retried on that one sub-env by ``gymnasium_env.ResetGuard`` and
+counted the same way; a creation or re-creation that raises is retried here.
+Retries in a row wait ``gymnasium_env.backoff_s``; ``MAX_CONSECUTIVE_FAULTS``
+failed tries in a row (no successful step between) are fatal
+(``gymnasium_env.EnvFailed``, quoting the env's last exception). Warnings
 are rate-limited (``gymnasium_env.FaultLog``: one line per thread every
 ``LOG_EVERY_S`` s, with counts). Any other exception is fatal: it is stored in
 ``error``, the stop event is set and the thread ends.
@@ -110,8 +113,9 @@ class ActorThread(threading.Thread):
       to_learner: ``tree of [T, B, ...] -> tree on the learner mesh`` (the transfer).
       stop: set by anyone to stop every thread.
       make_env: ``(settings, seed) -> VectorEnv`` (tests inject faulty envs here; what
-        it returns needs ``VectorEnv``'s ``obs``, ``step``, ``recreate``, ``pop_faults``,
-        ``pop_episode_sums``, ``get_state``, ``set_state``, ``close``).
+        it returns needs ``VectorEnv``'s ``num_envs``, ``obs``, ``step(action, only)``,
+        ``recreate(seed, only)``, ``pop_faults``, ``pop_episode_sums``, ``get_state``,
+        ``set_state``, ``close``).
       finish_fn: optional jitted ``(params, traj, env_ids) -> batch`` run on the actor
         device on each rollout before it is sent (an agent's ``actor_batch``).
       snapshot_at: ``rollout_index -> bool``: rollouts to start with a parameter fetch
@@ -207,16 +211,18 @@ class ActorThread(threading.Thread):
             with self._snapshot_cond:  # wakes a learner waiting for a snapshot
                 self._snapshot_cond.notify_all()
 
-    def _fault(self, error: BaseException, where: str, action: str) -> None:
-        """Counts and logs (rate-limited) one env fault in ``where``; waits its backoff.
+    def _fault(self, error: BaseException, where: str, action: str, count: int = 1) -> None:
+        """Counts and logs (rate-limited) ``count`` env faults in one try, the last in
+        ``where`` raising ``error``; waits the backoff.
 
         Raises:
-          EnvFailed: it is the ``MAX_CONSECUTIVE_FAULTS``-th in a row.
+          EnvFailed: this is the ``MAX_CONSECUTIVE_FAULTS``-th try in a row that failed.
         """
         self._consecutive += 1
-        self.env_faults += 1
-        self._faults_unreported += 1
-        self._fault_log.fault(1, f"{gymnasium_env.describe(error)} (in {where})", action)
+        self.env_faults += count
+        self._faults_unreported += count
+        self._fault_log.fault(count, f"{gymnasium_env.describe(error)} (in {where})",
+                              action)
         if self._consecutive >= gymnasium_env.MAX_CONSECUTIVE_FAULTS:
             raise gymnasium_env.gave_up(
                 self.settings.env, self._consecutive, where, error
@@ -325,57 +331,113 @@ class ActorThread(threading.Thread):
             timings["actor_queue_wait_s"] += time.perf_counter() - t0
             rollout_index += 1
 
+    def _infer(self, params, obs, key, env_ids):
+        """``((obs, action, log_prob, dist) numpy, next key)`` for ``obs`` ``[B, ...]``."""
+        action, log_prob, dist, key = self.act_fn(params, obs, key, env_ids)
+        # np.asarray per leaf: ~4x cheaper than one jax.device_get of the tuple on CPU.
+        dist = jax.tree.map(np.asarray, dist)
+        return (obs, np.asarray(action), np.asarray(log_prob), dist), key
+
     def _act(self, env, params, key, env_ids, timings):
         """``(key, Transition of numpy [T, B, ...])``, or ``None`` if a stop was requested.
 
-        A step that raises re-creates the env (``_recreate``) and the rollout goes on
-        from the fresh episodes: the episodes it cut end at the last good step, marked
-        ``truncated`` there (bootstrapped from their true next observation, like a time
-        limit); the faulting step itself is not a transition and is taken again.
+        Faults in ``step``: sub-envs that raised (``SubEnvFault``, sync envs) are re-made
+        and refilled (``_refill``); any other exception re-creates the whole vector env
+        (``_recreate``) and the step is taken again. Either way the rollout goes on and
+        every row is a real transition: the episodes a fault cut end at their last good
+        step, marked ``truncated`` there (bootstrapped from their true next observation,
+        like a time limit).
         """
-        s = self.settings
-        obs, actions, log_probs, dists = [], [], [], []
-        rewards, terminated, truncated, next_obs = [], [], [], []
-        while len(obs) < s.rollout_len:
+        rows: list[tuple] = []  # (obs, action, log_prob, dist, Step) per step
+        while len(rows) < self.settings.rollout_len:
             if self.stop.is_set():  # stop mid-rollout: the partial rollout is dropped
                 return None
             t0 = time.perf_counter()
-            action, log_prob, dist, key = self.act_fn(params, env.obs, key, env_ids)
-            # np.asarray per leaf: ~4x cheaper than one jax.device_get of the tuple on CPU.
-            action, log_prob = np.asarray(action), np.asarray(log_prob)
-            dist = jax.tree.map(np.asarray, dist)
+            acted, key = self._infer(params, env.obs, key, env_ids)
             t1 = time.perf_counter()
             timings["inference_s"] += t1 - t0
-            current_obs = env.obs
             try:
-                step = env.step(action)
+                step = env.step(acted[1])
             except gymnasium_env.EnvFailed:  # a sub-env's reset gave up: fatal
                 raise
+            except gymnasium_env.SubEnvFault as fault:
+                refilled = self._refill(env, fault, params, key, env_ids, acted, rows)
+                if refilled is None:
+                    return None
+                key, acted, step = refilled
             except Exception as e:  # noqa: BLE001 - any env failure: re-create and go on
                 self._recreate(env, e, "step")
                 timings["env_step_s"] += time.perf_counter() - t1
-                if truncated:  # the cut episodes end here (terminated ones stay so)
-                    truncated[-1] = truncated[-1] | ~terminated[-1]
+                if rows:  # the cut episodes end here (terminated ones stay so)
+                    rows[-1] = _cut(rows[-1], np.ones(env.num_envs, bool))
                 continue
             self._consecutive = 0
             self._absorbed(env)
             timings["env_step_s"] += time.perf_counter() - t1
-            obs.append(current_obs)
-            actions.append(action)
-            log_probs.append(log_prob)
-            dists.append(dist)
-            rewards.append(step.reward)
-            terminated.append(step.terminated)
-            truncated.append(step.truncated)
-            next_obs.append(step.next_obs)
+            rows.append((*acted, step))
+        obs, actions, log_probs, dists, steps = zip(*rows, strict=True)
         columns = types.Transition(
             obs=np.stack(obs),
             action=np.stack(actions),
-            reward=np.stack(rewards),
-            terminated=np.stack(terminated),
-            truncated=np.stack(truncated),
-            next_obs=np.stack(next_obs),
+            reward=np.stack([x.reward for x in steps]),
+            terminated=np.stack([x.terminated for x in steps]),
+            truncated=np.stack([x.truncated for x in steps]),
+            next_obs=np.stack([x.next_obs for x in steps]),
             behaviour_log_prob=np.stack(log_probs),
             behaviour_dist=jax.tree.map(lambda *xs: np.stack(xs), *dists),
         )
         return key, columns
+
+    def _refill(self, env, fault, params, key, env_ids, acted, rows):
+        """After ``fault`` (some sub-envs raised in a step, the others stepped): counts it,
+        cuts the failed sub-envs' episodes at their last good step (``rows[-1]``),
+        re-makes them with fresh seeds, acts on their fresh observations and steps them,
+        until every one has stepped. Returns ``(key, acted, step)`` with their rows
+        replaced, or ``None`` on a stop. Raises EnvFailed (``_fault``)."""
+        step, todo, errors, where = fault.step, fault.failed, fault.errors, "step"
+        action = "re-making that env with a fresh seed (its episode cut: truncated at " \
+                 "its last good step)"
+        while True:
+            self._fault(errors[-1], where, action, count=len(errors))
+            if rows:
+                rows[-1] = _cut(rows[-1], todo)
+            if self.stop.is_set():
+                return None
+            try:
+                env.recreate(self._seed(), only=todo)
+            except gymnasium_env.EnvFailed:
+                raise
+            except Exception as e:  # noqa: BLE001 - any env failure: retry
+                errors, where = [e], "re-creation"
+                continue
+            self._absorbed(env)
+            where = "step"
+            fresh, key = self._infer(params, env.obs, key, env_ids)
+            try:
+                redo, failed = env.step(fresh[1], only=todo), None
+            except gymnasium_env.EnvFailed:
+                raise
+            except gymnasium_env.SubEnvFault as again:
+                redo, failed, errors = again.step, again.failed, again.errors
+            done = todo if failed is None else todo & ~failed
+            acted, step = _merge(done, (acted, step), (fresh, redo))
+            if failed is None:
+                return key, acted, step
+            todo = failed
+
+
+def _rows(mask: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+
+
+def _merge(mask: np.ndarray, old: Any, new: Any) -> Any:
+    """``new``'s rows where ``mask`` (bool ``[B]``), ``old``'s elsewhere (pytrees of
+    ``[B, ...]`` numpy arrays)."""
+    return jax.tree.map(lambda a, b: np.where(_rows(mask, a), b, a), old, new)
+
+
+def _cut(row: tuple, mask: np.ndarray) -> tuple:
+    """``row`` (obs, action, log_prob, dist, Step) with the episodes of ``mask`` ended
+    there: truncated unless they terminated."""
+    step = row[-1]
+    return (*row[:-1], step._replace(truncated=step.truncated | (mask & ~step.terminated)))

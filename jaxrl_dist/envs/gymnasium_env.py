@@ -14,9 +14,13 @@ Faults (an env that raises): every sub-env is wrapped in ``ResetGuard``, so a
 ``reset`` that raises (at creation, at a re-creation, or at an auto-reset inside
 ``step``) re-makes that one env and resets it with a fresh seed, after a backoff
 (``backoff_s``); these faults come back through the reset's info (``FAULTS_KEY``)
-and ``VectorEnv.pop_faults`` hands them over. A ``step`` that raises leaves the
-vector env in an unknown state: the caller re-creates it (``VectorEnv.recreate``;
-see actors/host_actor.py). Whoever retries gives up after
+and ``VectorEnv.pop_faults`` hands them over. With ``sync`` vectorization the
+sub-envs are stepped here one by one, so a ``step`` that raises is that sub-env's
+alone: the others are stepped, ``SubEnvFault`` says which failed, and the caller
+re-makes just those (``recreate(seed, only=...)``) and steps them again
+(``step(action, only=...)``). With ``async`` vectorization a raising ``step``
+leaves the vector env in an unknown state: the caller re-creates all of it
+(see actors/host_actor.py). Whoever retries gives up after
 ``MAX_CONSECUTIVE_FAULTS`` faults in a row with ``EnvFailed``, whose one-line
 message quotes the env's own last exception; ``FaultLog`` keeps the warnings to
 one line per env every ``LOG_EVERY_S`` seconds.
@@ -83,6 +87,20 @@ def gave_up(env: str, consecutive: int, where: str, error: BaseException) -> Env
         f"{env} raised {consecutive} times in a row (limit MAX_CONSECUTIVE_FAULTS="
         f"{MAX_CONSECUTIVE_FAULTS}), last in {where}: {describe(error)}"
     )
+
+
+class SubEnvFault(RuntimeError):
+    """Some sub-envs of a ``sync`` ``VectorEnv`` raised in ``step``; the others were
+    stepped.
+
+    Attributes: ``step`` (the ``Step``; rows of ``failed`` are meaningless), ``failed``
+    (bool ``[B]``), ``errors`` (what each failed sub-env raised, in order). The message
+    is the first one's ``describe``.
+    """
+
+    def __init__(self, step: "Step", failed: np.ndarray, errors: list[BaseException]):
+        super().__init__(describe(errors[0]))
+        self.step, self.failed, self.errors = step, failed, errors
 
 
 class FaultLog:
@@ -279,39 +297,55 @@ class VectorEnv:
         self._lengths = np.zeros(self.num_envs, np.int64)
         self._finished = [0.0, 0.0, 0]  # return sum, length sum, count
 
-    def recreate(self, seed: int) -> None:
-        """Closes the (possibly broken) vector env and builds a fresh one reset with ``seed``.
+    def recreate(self, seed: int, only: np.ndarray | None = None) -> None:
+        """Closes the (possibly broken) vector env and builds a fresh one reset with ``seed``
+        (env ``i`` with ``seed + i``); with ``only`` (bool ``[B]``, ``sync`` only), re-makes
+        just those sub-envs (after a ``SubEnvFault``).
 
-        Episodes in progress are dropped from the statistics. Raises what the
-        constructor raises; may be called again after it did.
+        Their episodes in progress are dropped from the statistics. Raises what making
+        or resetting an env raises (``EnvFailed``: see ``ResetGuard``); may be called
+        again after it did.
         """
-        self.close()
-        self._open(seed)
+        if only is None:
+            self.close()
+            self._open(seed)
+            return
+        envs = self._env.envs
+        for i in np.flatnonzero(only):
+            with contextlib.suppress(Exception):  # closing a broken env must not raise
+                envs[i].close()
+            envs[i] = ResetGuard(gymnasium.make(self.env_id), self.env_id)
+            obs, info = envs[i].reset(seed=(seed + int(i)) % 2**31)
+            self._note_single(info)
+            self.obs[i] = np.asarray(obs, np.float32)
+            self._returns[i], self._lengths[i] = 0.0, 0
 
-    def step(self, action: np.ndarray) -> Step:
-        """Steps every env with ``action`` ``[B]`` (or ``[B, A]``, clipped to the Box bounds).
+    def step(self, action: np.ndarray, only: np.ndarray | None = None) -> Step:
+        """Steps every env (with ``only``, bool ``[B]``: just those) with ``action`` ``[B]``
+        (or ``[B, A]``, clipped to the Box bounds); rows outside ``only`` of the result
+        are meaningless.
 
-        Raises whatever the environment raises; the vector env may then be broken
-        (call ``recreate``).
+        Raises:
+          SubEnvFault: (``sync``) some sub-envs raised; the others were stepped (the
+            exception holds their ``Step``); re-make the failed ones with
+            ``recreate(seed, only=fault.failed)``.
+          EnvFailed: a sub-env's auto-reset failed ``MAX_CONSECUTIVE_FAULTS`` times.
+          Exception: (``async``) whatever the environment raised; the vector env may
+            then be broken (call ``recreate``).
         """
         if self._box_bounds is not None:
             action = np.clip(action, *self._box_bounds)
-        obs, reward, terminated, truncated, info = self._env.step(action)
-        obs = np.asarray(obs, np.float32)
-        terminated = np.asarray(terminated, bool)
-        truncated = np.asarray(truncated, bool) & ~terminated
-        done = terminated | truncated
-        next_obs = obs
-        if done.any():
-            next_obs = obs.copy()
-            final = info["final_obs"]
-            for i in np.flatnonzero(done):
-                next_obs[i] = final[i]
-        if FAULTS_KEY in info:  # a sub-env's auto-reset raised and was retried
-            self._note_faults(info)
-        reward = np.asarray(reward, np.float32)
-        self._returns += reward
-        self._lengths += 1
+        if self.vectorization == "sync":
+            obs, reward, terminated, truncated, next_obs, failed = self._step_sync(action, only)
+        else:
+            obs, reward, terminated, truncated, next_obs = self._step_vector(action)
+            failed = None
+        stepped = np.ones(self.num_envs, bool) if only is None else only.copy()
+        if failed is not None:
+            stepped &= ~failed[0]
+        done = (terminated | truncated) & stepped
+        self._returns[stepped] += reward[stepped]
+        self._lengths[stepped] += 1
         if done.any():
             self._finished[0] += float(self._returns[done].sum())
             self._finished[1] += float(self._lengths[done].sum())
@@ -319,7 +353,55 @@ class VectorEnv:
             self._returns[done] = 0.0
             self._lengths[done] = 0
         self.obs = obs
-        return Step(obs, reward, terminated, truncated, next_obs)
+        step = Step(obs, reward, terminated, truncated, next_obs)
+        if failed is not None:
+            self._returns[failed[0]], self._lengths[failed[0]] = 0.0, 0
+            raise SubEnvFault(step, *failed)
+        return step
+
+    def _step_vector(self, action: np.ndarray):
+        """Gymnasium's vector step (``async``): ``(obs, reward, terminated, truncated,
+        next_obs)``."""
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        obs = np.asarray(obs, np.float32)
+        terminated = np.asarray(terminated, bool)
+        truncated = np.asarray(truncated, bool) & ~terminated
+        next_obs = obs
+        if (terminated | truncated).any():
+            next_obs = obs.copy()
+            final = info["final_obs"]
+            for i in np.flatnonzero(terminated | truncated):
+                next_obs[i] = final[i]
+        if FAULTS_KEY in info:  # a sub-env's auto-reset raised and was retried
+            self._note_faults(info)
+        return obs, np.asarray(reward, np.float32), terminated, truncated, next_obs
+
+    def _step_sync(self, action: np.ndarray, only: np.ndarray | None):
+        """The sub-envs stepped here one by one (``SAME_STEP`` auto-reset), each fault
+        caught on its own: ``(obs, reward, terminated, truncated, next_obs, failed)``,
+        ``failed`` ``None`` or ``(bool [B], [exception, ...])``."""
+        n = self.num_envs
+        obs, next_obs = self.obs.copy(), self.obs.copy()
+        reward = np.zeros(n, np.float32)
+        terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
+        failed, errors = np.zeros(n, bool), []
+        envs = self._env.envs
+        for i in range(n) if only is None else np.flatnonzero(only):
+            try:
+                o, r, te, tr, _ = envs[i].step(action[i])
+                next_obs[i] = o
+                if te or tr:
+                    o, info = envs[i].reset()
+                    self._note_single(info)
+            except EnvFailed:
+                raise
+            except Exception as e:  # noqa: BLE001 - any env failure: reported per sub-env
+                failed[i] = True
+                errors.append(e)
+                continue
+            obs[i], reward[i], terminated[i], truncated[i] = o, r, te, tr and not te
+        return (obs, reward, terminated, truncated, next_obs,
+                (failed, errors) if errors else None)
 
     def get_state(self) -> bytes | None:
         """This vector env's whole state as bytes (a pickle), or ``None`` where it cannot be
@@ -354,7 +436,14 @@ class VectorEnv:
         ]
         self._finished = list(finished)
 
+    def _note_single(self, info: dict[str, Any]) -> None:
+        """Notes the reset faults in one sub-env's reset ``info``."""
+        if FAULTS_KEY in info:
+            self._faults[0] += int(info[FAULTS_KEY])
+            self._faults[1] = info[FAULT_ERROR_KEY]
+
     def _note_faults(self, info: dict[str, Any]) -> None:
+        """Notes the reset faults in a vector env's reset/step ``info``."""
         if FAULTS_KEY not in info:
             return
         mask = info[f"_{FAULTS_KEY}"]
