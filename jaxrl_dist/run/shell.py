@@ -187,15 +187,16 @@ class _Shell:
                 self.path.restore(self.checkpointer, step)
                 break
             except checkpoint.DamagedCheckpoint as e:
-                skipped.append(f"{step} ({e})")
+                skipped.append((step, str(e)))
         else:
             raise errors.ConfigError(
                 f"--resume: no checkpoint in {self.checkpointer.directory} reads back and "
-                f"verifies: {'; '.join(skipped)}"
+                f"verifies: {'; '.join(f'{s} ({why})' for s, why in skipped)}"
             )
         if skipped:
-            aside = self.checkpointer.set_aside([int(s.split()[0]) for s in skipped])
-            self.log(f"resume: skipped newer checkpoint(s) {'; '.join(skipped)} (moved to "
+            aside = self.checkpointer.set_aside([s for s, _ in skipped])
+            said = "; ".join(f"{s} ({why})" for s, why in skipped)
+            self.log(f"resume: skipped newer checkpoint(s) {said} (moved to "
                      f"{aside}); restored update {step}")
         self.last_saved = step
         return step
