@@ -25,8 +25,9 @@ CONFIG_FLAGS = (
 # Flags of the host-actor layout (``host_training.HostSettings``); only with gymnasium:<id>.
 HOST_FLAGS = (
     "actor_threads", "envs_per_thread", "vectorization", "deterministic", "actor_devices",
-    "learner_devices", "queue_size", "param_refresh_steps",
+    "learner_devices", "queue_size", "param_refresh_steps", "ray_actors", "ray_address",
 )
+THREAD_FLAGS = ("actor_threads", "actor_devices")  # actor threads' layout (not Ray's)
 HOST_INSTEAD = {
     "num_envs": "set --actor_threads and --envs_per_thread",
     "policy_lag": "the lag is real there and is measured (--deterministic pins it to 1)",
@@ -150,6 +151,16 @@ def define_agent_flags() -> None:
     DEFINE_integer(
         "param_refresh_steps", None,
         "Host actors: a thread's env steps between parameter fetches (0: every rollout).",
+    )
+    DEFINE_integer(
+        "ray_actors", None,
+        "Host actors: N > 0 Ray actor processes, each stepping --envs_per_thread envs with "
+        "CPU inference, instead of actor threads (needs pip install -e \".[ray]\").",
+    )
+    flags.DEFINE_string(
+        "ray_address", None,
+        "With --ray_actors: the Ray cluster to join, 'auto' or host:port of its head node "
+        "(default: a local Ray instance sized to this machine).",
     )
     DEFINE_integer("seed", 0, "Random seed.")
     DEFINE_integer("num_seeds", 1, "Independent runs vmapped in one program.")
@@ -352,6 +363,20 @@ def host_settings_from_flags():
     from jaxrl_dist import host_training
 
     values = {name: FLAGS[name].value for name in HOST_FLAGS if FLAGS[name].value is not None}
+    if values.get("ray_actors"):
+        for name in THREAD_FLAGS:
+            if name in values:
+                raise errors.ConfigError(
+                    f"--{name} applies to actor threads; with --ray_actors={values['ray_actors']}"
+                    " each Ray actor process steps --envs_per_thread envs"
+                )
+    elif "ray_address" in values:
+        raise errors.ConfigError("--ray_address applies only with --ray_actors=N (N > 0)")
+    if FLAGS.agent == "a3c" and values.get("deterministic"):
+        raise errors.ConfigError(
+            "--deterministic does not apply to --agent=a3c: its workers' gradients are "
+            "applied in arrival order"
+        )
     for name in ("actor_devices", "learner_devices"):
         if name in values:
             values[name] = _device_ids(name)
@@ -409,6 +434,10 @@ def config_from_flags():
                 raise errors.ConfigError(
                     f"--{name} applies only to host actors (--env=gymnasium:<id>)"
                 )
+    if FLAGS.agent == "a3c" and not (host and FLAGS.ray_actors):
+        from jaxrl_dist.agents.a3c import learner as a3c_learner
+
+        raise errors.ConfigError(a3c_learner.NEEDS_WORKERS)
     overrides = config_overrides()
     fields = {f.name for f in dataclasses.fields(agents.default_config(FLAGS.agent, FLAGS.env))}
     for name in overrides:

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ from jaxrl_dist import (
     types,
     writers,
 )
-from jaxrl_dist.actors import host_actor, host_metrics
+from jaxrl_dist.actors import host_actor, host_metrics, ray_fleet
 from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.agents import common, host_learner
 from jaxrl_dist.envs import gymnasium_env
@@ -64,6 +64,10 @@ class HostSettings:
     env of ``envs_per_thread`` envs, so one update trains on
     ``actor_threads * len(actor_devices) * envs_per_thread`` envs.
     ``learner_devices=None``: every device not acting, or device 0 if there is one.
+    ``ray_actors > 0``: that many Ray actor processes (``actors/ray_fleet.py``) act
+    instead of threads, each with ``envs_per_thread`` envs (``actor_threads`` and
+    ``actor_devices`` then do not apply; every local device may learn); ``ray_address``:
+    the cluster to join (``None``: a local Ray instance).
     """
 
     actor_threads: int = 2
@@ -75,9 +79,14 @@ class HostSettings:
     queue_size: int = 1
     param_refresh_steps: int = 0  # a thread's env steps between parameter fetches (0: each rollout)
     stall_timeout_s: float = 120.0  # the learner gives up on an actor silent this long
+    ray_actors: int = 0  # Ray actor processes instead of threads (0: threads)
+    ray_address: str | None = None  # None: a local Ray instance; auto or host:port
 
     @property
     def num_threads(self) -> int:
+        """Actors (threads, or Ray actor processes) of this process."""
+        if self.ray_actors:
+            return self.ray_actors
         return self.actor_threads * len(self.actor_devices)
 
     @property
@@ -94,6 +103,11 @@ class HostSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise errors.ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.ray_actors, int) or self.ray_actors < 0:
+            raise errors.ConfigError(
+                f"--ray_actors must be an integer >= 0 (0: actor threads), got "
+                f"{self.ray_actors!r}"
+            )
         if not isinstance(self.param_refresh_steps, int) or self.param_refresh_steps < 0:
             raise errors.ConfigError(
                 f"--param_refresh_steps must be an integer >= 0, got {self.param_refresh_steps!r}"
@@ -104,7 +118,9 @@ class HostSettings:
                 f", got {self.vectorization!r}"
             )
         learner_devices = self.learner_devices
-        if learner_devices is None:
+        if learner_devices is None and self.ray_actors:
+            learner_devices = tuple(range(num_devices))  # no local device acts
+        elif learner_devices is None:
             rest = tuple(i for i in range(num_devices) if i not in self.actor_devices)
             learner_devices = rest or (0,)
         for name, ids in (("actor_devices", self.actor_devices),
@@ -124,8 +140,11 @@ class HostSettings:
 
 def host_config(config: common.OnDeviceConfig, host: HostSettings, num_processes: int = 1):
     """``config`` for host actors: ``num_envs`` from the actor layout (over all
-    ``num_processes`` processes), no simulated lag."""
+    ``num_processes`` processes; A3C: one worker's envs, what one gradient sees), no
+    simulated lag."""
     changes: dict[str, Any] = {"num_envs": host.num_envs * num_processes}
+    if config.agent == "a3c":
+        changes["num_envs"] = host.envs_per_thread
     if hasattr(config, "policy_lag"):
         changes["policy_lag"] = 0  # the lag is real here (measured, not simulated)
     return dataclasses.replace(config, **changes)
@@ -152,7 +171,8 @@ def _transition_shapes(spec, act_fn, params, rollout_len: int, envs_per_thread: 
 def _run_meta(config, settings: RunSettings, host: HostSettings, num_processes: int) -> dict:
     """What a resumed run must share with the checkpointed one (JSON-able)."""
     layout = dataclasses.asdict(host)
-    for name in ("stall_timeout_s", "queue_size"):  # change how fast, not what is computed
+    # These change how fast and where, not what is computed.
+    for name in ("stall_timeout_s", "queue_size", "ray_address"):
         del layout[name]
     layout.update(actor_devices=len(host.actor_devices),
                   learner_devices=len(host.learner_devices))
@@ -240,8 +260,16 @@ def train_host(
       NonFiniteError: a NaN/inf (the last finite parameters saved in checkpoint/).
       KeyboardInterrupt: on Ctrl-C (threads joined, parameters saved in checkpoint/).
     """
-    path = HostPath(config, settings, host, log, make_env)
-    summary = shell.run(path, settings, workdir, log, progress_fn)
+    if config.agent == "a3c":
+        from jaxrl_dist import a3c_path
+
+        path = a3c_path.A3CPath(config, settings, host, log, make_env)
+    else:
+        path = HostPath(config, settings, host, log, make_env)
+    try:
+        summary = shell.run(path, settings, workdir, log, progress_fn)
+    finally:
+        path.close()  # also when a check before training refused the run
     return dict(summary, state=path.state)
 
 
@@ -271,6 +299,13 @@ class HostPath:
         self.num_processes, self.process = jax.process_count(), jax.process_index()
         self.primary = self.process == 0
         self.host = host = host.resolve(jax.local_device_count())
+        if host.ray_actors:
+            if self.num_processes > 1:
+                raise errors.ConfigError(
+                    "--ray_actors works with one learner process (--num_processes=1); "
+                    "the Ray cluster supplies the actors"
+                )
+            ray_fleet.import_ray()  # ConfigError naming the extra, before anything runs
         self.config = config = host_config(config, host, self.num_processes).validate(
             len(host.learner_devices) * self.num_processes
         )
@@ -278,7 +313,7 @@ class HostPath:
         self.spec = gymnasium_env.make_spec(config.env)
         mesh = parallel.process_mesh(host.learner_devices)
         agent = agents.make_agent(config, self.spec, mesh.size, tuning.for_mesh(mesh))
-        self.fns = agent.functions()
+        self.agent, self.fns = agent, agent.functions()
         self.learner = host_learner.HostLearner(self.fns, mesh)
         self.num_seeds = 1
         self.num_updates, self.steps_per_update = config.num_updates, config.steps_per_update
@@ -292,7 +327,7 @@ class HostPath:
         self.good: tuple[int, Any] | None = None  # (update, params) of the last finite log point
         self.threads: list[host_actor.ActorThread] = []
         self.stop = threading.Event()
-        self.server = param_server_lib.ParamServer(keep=2)
+        self.server = param_server_lib.ParamServer(keep=2)  # a ray_fleet.Fleet with Ray
 
     def config_record(self) -> dict[str, Any]:
         settings = {k: v for k, v in dataclasses.asdict(self.settings).items()
@@ -338,23 +373,44 @@ class HostPath:
         if self.state is None:
             self.state = self.learner.init(self.init_key)
             self.behaviour = self.state.params  # what rollout u acts with: version u - 1
-        t0 = time.time()
-        self._compile()
-        compile_s = time.time() - t0
         host = self.host
-        self.log(
-            f"compiled in {compile_s:.1f}s: {self.num_updates} updates of "
-            f"{self.steps_per_update} env steps; {host.num_threads} actor thread(s) x "
-            f"{host.envs_per_thread} envs on device(s) {list(host.actor_devices)}, learner "
-            f"on {list(host.learner_devices)}"
-            + (f", resumed at update {start_update}" if start_update else "")
-        )
+        self.every = every
+        if host.ray_actors:  # the actor processes start (and compile) while the learner does
+            self.server = ray_fleet.Fleet(host.ray_address, host.ray_actors, self._actor_args)
+            self.threads = self._make_threads(saving)
         if start_update:
             self.server.publish(start_update - 1, _local(self.behaviour))
         self.server.publish(start_update, _local(self.state.params))
-        self.every = every
-        self.threads = self._make_threads(saving)
+        t0 = time.time()
+        self._compile()
+        compile_s = time.time() - t0
+        actors = (f"{host.ray_actors} Ray actor process(es) x {host.envs_per_thread} envs"
+                  if host.ray_actors else
+                  f"{host.num_threads} actor thread(s) x {host.envs_per_thread} envs on "
+                  f"device(s) {list(host.actor_devices)}")
+        self.log(
+            f"compiled in {compile_s:.1f}s: {self.num_updates} updates of "
+            f"{self.steps_per_update} env steps; {actors}, learner on "
+            f"{list(host.learner_devices)}"
+            + (f", resumed at update {start_update}" if start_update else "")
+        )
+        if not host.ray_actors:
+            self.threads = self._make_threads(saving)
         return {"compile_s": compile_s}
+
+    def _actor_settings(self) -> host_actor.ActorSettings:
+        host, config = self.host, self.config
+        return host_actor.ActorSettings(
+            config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
+            host.deterministic, self.settings.seed, host.param_refresh_steps,
+        )
+
+    def _actor_args(self, index: int, start) -> tuple:
+        """``ray_actor.ActorProcess``'s arguments for actor ``index`` from ``start``."""
+        saving = self.saving
+        return (index, self.config, self.spec, self.learner.mesh.size, self._actor_settings(),
+                self.host.queue_size, self.schedule if saving else None, start,
+                self.make_env)
 
     def _compile(self) -> None:
         """Compiles the learner's update and (on every actor device) the actors' steps."""
@@ -379,7 +435,8 @@ class HostPath:
             self.state, (shapes,) * host.num_threads, self.train_key
         )
         devices = jax.local_devices()
-        for device in (devices[i] for i in host.actor_devices):
+        actor_devices = () if host.ray_actors else host.actor_devices  # Ray: they compile
+        for device in (devices[i] for i in actor_devices):
             put = lambda x, d=device: jax.device_put(x, d)
             params = put(_local(self.state.params))
             obs = np.zeros((host.envs_per_thread, *self.spec.obs_shape), np.float32)
@@ -390,30 +447,36 @@ class HostPath:
                 zeros = jax.tree.map(lambda x, p=put: p(np.zeros(x.shape, x.dtype)), transition)
                 jax.block_until_ready(self.finish_fn(params, zeros, put(env_ids)))
 
-    def _make_threads(self, saving: bool) -> list[host_actor.ActorThread]:
-        host, config = self.host, self.config
+    def _make_threads(self, saving: bool) -> list:
+        """The actor threads (or, with Ray, the proxies of the actor processes, which
+        start those processes), not yet started."""
+        host = self.host
         devices = jax.local_devices()
         self.queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
-        actor_settings = host_actor.ActorSettings(
-            config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
-            host.deterministic, self.settings.seed, host.param_refresh_steps,
-        )
+        self.saving = saving
+        self.schedule = CheckpointSchedule(self.every, self.num_updates)
+        to_learner = _to_learner(self.learner.traj_sharding, self.num_processes)
+        if host.ray_actors:
+            return [
+                ray_fleet.RemoteActor(self.server, k, self.queues[k], to_learner, self.stop,
+                                      self.actor_starts[k], self.settings.seed)
+                for k in range(host.num_threads)
+            ]
+        actor_settings = self._actor_settings()
         return [
             host_actor.ActorThread(  # global thread index: seeds, env ids, keys
                 self.process * host.num_threads + k, actor_settings,
                 devices[host.actor_devices[k // host.actor_threads]], self.fns.act,
-                self.server, self.queues[k],
-                _to_learner(self.learner.traj_sharding, self.num_processes), self.stop,
+                self.server, self.queues[k], to_learner, self.stop,
                 self.make_env, self.finish_fn,
-                snapshot_at=self._is_checkpoint if saving else None,
+                snapshot_at=self.schedule if saving else None,
                 start=self.actor_starts[k],
             )
             for k in range(host.num_threads)
         ]
 
     def _is_checkpoint(self, updates: int) -> bool:  # also a log point and an actor snapshot
-        return 0 < updates <= self.num_updates and (
-            updates % self.every == 0 or updates == self.num_updates)
+        return CheckpointSchedule(self.every, self.num_updates)(updates)
 
     def _is_log_point(self, updates: int) -> bool:
         log_every = max(1, self.num_updates // max(1, self.settings.log_points))
@@ -438,6 +501,7 @@ class HostPath:
             now = time.time()
             interval.actor_env_steps = sum(t.env_steps for t in self.threads)
             interval.env_faults = sum(t.env_faults for t in self.threads)
+            interval.actor_restarts = sum(getattr(t, "restarts", 0) for t in self.threads)
             if self.num_processes > 1:
                 host_metrics.gather_interval(interval)
             record = host_metrics.record(interval, (u + 1) * self.steps_per_update, now - t_last)
@@ -492,11 +556,15 @@ class HostPath:
 
     def close(self) -> None:
         self.stop.set()
-        self.server.close()
+        fleet = self.server if isinstance(self.server, ray_fleet.Fleet) else None
+        if fleet is None:
+            self.server.close()
         deadline = time.monotonic() + JOIN_TIMEOUT_S  # for all threads together
         for thread in self.threads:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        if fleet is not None:
+            fleet.close()  # kills the actor processes (their proxies have stopped)
 
     def failure_params(self, nonfinite: bool) -> Any:
         """The last finished update's parameters (after a non-finite value: those of
@@ -536,6 +604,7 @@ class HostPath:
 
             totals = np.asarray(multihost_utils.process_allgather(totals)).sum(axis=0)
         return {"actor_env_steps": int(totals[0]), "env_faults": int(totals[1]),
+                "actor_restarts": sum(getattr(t, "restarts", 0) for t in self.threads),
                 **self.lags.summary()}
 
     def done_text(self, summary: dict[str, Any]) -> str:
@@ -545,6 +614,19 @@ class HostPath:
     def curve(self, history: list[dict[str, Any]]) -> np.ndarray:
         return np.array([[h["train/episode_return"]] for h in history], dtype=np.float64
                         ).reshape(len(history), 1)
+
+
+class CheckpointSchedule(NamedTuple):
+    """``updates -> bool``: the updates after which a checkpoint is written (also log
+    points, and the rollouts where actors take a snapshot). Picklable: Ray actor
+    processes get it too."""
+
+    every: int
+    num_updates: int
+
+    def __call__(self, updates: int) -> bool:
+        return 0 < updates <= self.num_updates and (
+            updates % self.every == 0 or updates == self.num_updates)
 
 
 def _local(tree: Any) -> Any:

@@ -28,6 +28,7 @@ class Interval:
         self.env_steps = 0
         self.actor_env_steps = 0  # every step the actors took so far (run totals)
         self.env_faults = 0
+        self.actor_restarts = 0  # Ray actor processes replaced so far (run total)
 
     def add_rollout(self, rollout: host_actor.Rollout, version: int) -> None:
         self.lags.append(version - rollout.version)
@@ -107,6 +108,7 @@ def record(interval: Interval, env_steps: int, dt: float) -> dict:
         "policy_lag/mean": float(np.mean(interval.lags)),
         "policy_lag/max": int(max(interval.lags)),
         "env_faults": interval.env_faults,
+        "actor_restarts": interval.actor_restarts,
         **{f"time/{k}": v for k, v in interval.timings.items()},
     }
     for name in host_metrics[0]:

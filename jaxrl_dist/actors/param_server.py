@@ -39,6 +39,19 @@ class ParamServer:
                 del self._versions[old]
             self._cond.notify_all()
 
+    def add(self, version: int, params: Any) -> None:
+        """Like ``publish``, for versions that may arrive out of order (a remote actor's
+        copy: Ray does not order calls to a threaded actor). An older version is kept if
+        it is within the newest ``keep``; a version already held is ignored."""
+        with self._cond:
+            if version in self._versions or version <= self._latest - self._keep:
+                return
+            self._versions[version] = params
+            self._latest = max(self._latest, version)
+            for old in [v for v in self._versions if v <= self._latest - self._keep]:
+                del self._versions[old]
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Wakes every waiting actor; later waits return ``None`` at once."""
         with self._cond:

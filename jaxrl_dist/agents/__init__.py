@@ -21,6 +21,7 @@ AGENTS: dict[str, AgentSpec] = {
     "ppo": AgentSpec("PPO", "jaxrl_dist.agents.ppo", ("Discrete", "Box")),
     "impala": AgentSpec("IMPALA", "jaxrl_dist.agents.impala", ("Discrete", "Box")),
     "a2c": AgentSpec("A2C", "jaxrl_dist.agents.a2c", ("Discrete", "Box")),
+    "a3c": AgentSpec("A3C", "jaxrl_dist.agents.a3c", ("Discrete", "Box")),
     "apex": AgentSpec("Ape-X DQN", "jaxrl_dist.agents.apex", ("Discrete",)),
 }
 

@@ -1,0 +1,103 @@
+"""One actor process of a Ray fleet: an ``ActorThread`` in a process of its own.
+
+``ActorProcess`` is the class Ray runs as an actor (``ray_fleet`` wraps it with
+``ray.remote``). It builds the agent's acting functions on its own CPU device
+(one XLA thread: the process's environment sets ``PJRT_NPROC=1``) and runs
+exactly the ``host_actor.ActorThread`` an actor thread of the learner's process
+would run with the same index: the same seeds, PRNG keys, env ids, parameter
+versions (``--deterministic``, ``--param_refresh_steps``), fault handling and
+snapshots, so a fleet of ``N`` processes computes what ``N`` threads compute. Only
+where the rollouts go differs: into a bounded local queue (at most
+``queue_size`` ready rollouts: backpressure), from which the learner's proxy
+(``ray_fleet.RemoteActor``) takes them as numpy arrays through the object store.
+
+Parameters arrive by ``publish`` (once per version, from the object store); the
+agent's ``actor_batch`` (Ape-X's n-step transitions and priorities, A3C's
+gradients) runs here, on the rollout, with the parameters it acted with.
+"""
+
+import os
+import queue
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrl_dist import agents, tuning
+from jaxrl_dist.actors import host_actor
+from jaxrl_dist.actors import param_server as param_server_lib
+
+# The process environment of every actor process (Ray's ``runtime_env``): CPU only, one
+# device, one XLA intra-op thread (several actor processes share a host's cores).
+PROCESS_ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PJRT_NPROC": "1"}
+JOIN_S = 2.0
+
+
+class ActorProcess:
+    """The Ray actor: hosts one ``ActorThread``; see the module docstring.
+
+    Args:
+      index: the actor's global index ``k`` (as actor thread ``k``: seeds, env ids, keys).
+      config: the run's agent config (``host_training.host_config``'s).
+      spec: the env's ``gymnasium_env.EnvSpec``.
+      num_learner_devices: the learner mesh's size (the config is validated for it).
+      settings: ``host_actor.ActorSettings``.
+      queue_size: finished rollouts this process may hold (then it waits).
+      snapshot_at: picklable ``rollout_index -> bool`` (checkpoint points), or ``None``.
+      start: an ``ActorState`` to resume from (``None``: rollout 0, fresh envs).
+      make_env: picklable ``(ActorSettings, seed) -> VectorEnv``-like factory, or ``None``.
+    """
+
+    def __init__(self, index: int, config, spec, num_learner_devices: int,
+                 settings: host_actor.ActorSettings, queue_size: int,
+                 snapshot_at=None, start: host_actor.ActorState | None = None,
+                 make_env=None):
+        agent = agents.make_agent(config, spec, num_learner_devices,
+                                  tuning.for_platform(jax.default_backend()))
+        fns = agent.functions()
+        finish_fn = jax.jit(fns.actor_step) if fns.actor_step else None
+        self.server = param_server_lib.ParamServer(keep=2)
+        self.rollouts: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.stop = threading.Event()
+        self.thread = host_actor.ActorThread(
+            index, settings, jax.devices()[0], fns.act, self.server, self.rollouts,
+            _to_numpy, self.stop, make_env, finish_fn, snapshot_at, start,
+        )
+        self.thread.start()
+
+    def publish(self, version: int, params: Any) -> None:
+        """Makes ``params`` (numpy pytree) version ``version``; calls may arrive out of
+        order (``ParamServer.add``)."""
+        self.server.add(version, params)
+
+    def next_rollout(self, timeout: float):
+        """The next finished ``Rollout`` (numpy ``traj``); ``None`` if none within
+        ``timeout`` s; ``("error", message)`` once the thread failed."""
+        try:
+            return self.rollouts.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        if self.thread.error is not None:
+            return ("error", repr(self.thread.error))
+        if not self.thread.is_alive():
+            return ("error", "the actor thread stopped")
+        return None
+
+    def snapshot(self, rollout_index: int, timeout: float) -> host_actor.ActorState | None:
+        """``ActorThread.snapshot``: the state at the start of rollout ``rollout_index``."""
+        return self.thread.snapshot(rollout_index, timeout)
+
+    def pid(self) -> int:
+        """This process's id (tests kill it)."""
+        return os.getpid()
+
+    def close(self) -> None:
+        """Stops the thread (within ``host_actor.WAIT_S``) and closes its envs."""
+        self.stop.set()
+        self.server.close()
+        self.thread.join(JOIN_S)
+
+
+def _to_numpy(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, tree)
