@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxrl_dist.run import sigterm
+
 
 def params_sha256(params: Any) -> str:
     """SHA-256 hex digest of the parameters' bytes, leaves in ``jax.tree`` order."""
@@ -24,7 +26,8 @@ def save_params(directory: str, params: Any, this_process_only: bool = False) ->
     ``params`` may be NumPy or (in a multi-process run, where every process must
     call this) global ``jax.Array`` leaves. ``this_process_only``: NumPy ``params``
     saved by the calling process alone, with no barrier with the others (a failing
-    multi-process run, whose peers may never reach a save).
+    multi-process run, whose peers may never reach a save). A SIGTERM or Ctrl-C during
+    the write is raised when it is done (``sigterm.deferred``).
     """
     path = os.path.abspath(directory)
     options = {}
@@ -33,7 +36,7 @@ def save_params(directory: str, params: Any, this_process_only: bool = False) ->
         options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}
         )
-    with ocp.StandardCheckpointer(**options) as checkpointer:
+    with sigterm.deferred(), ocp.StandardCheckpointer(**options) as checkpointer:
         checkpointer.save(path, params, force=True)
         checkpointer.wait_until_finished()
     return path
@@ -165,6 +168,13 @@ class RunCheckpointer:
     checkpoint cannot be read or fails them. Checkpoints written before digests
     existed are read unverified.
 
+    A SIGTERM or Ctrl-C during a save is raised when the save is done
+    (``sigterm.deferred``): an orbax save cut short by an exception leaves its writer
+    threads and temporary directory behind, and the next save fails on them.
+    ``last_good_step`` is the step of the newest checkpoint this object restored or
+    saved in full (``None`` before either), set together with the save's end, so that
+    an interrupt raised right after a save still finds it counted.
+
     Args:
       directory: where checkpoints live (created).
       max_to_keep: finished checkpoints kept (older ones are deleted).
@@ -180,6 +190,7 @@ class RunCheckpointer:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()},
         )
+        self.last_good_step: int | None = None
 
     def latest_step(self) -> int | None:
         """The newest finished checkpoint's step (updates done), or ``None``."""
@@ -193,19 +204,22 @@ class RunCheckpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves ``state`` (a pytree of ``jax.Array``) and ``meta`` at ``step`` with their
-        digests; blocks. Every process calls it (the digests are gathered)."""
+        digests; blocks. Every process calls it (the digests are gathered). A SIGTERM or
+        Ctrl-C during the write raises ``KeyboardInterrupt`` once it is done."""
         local = bytes.fromhex(state_sha256(state))
         meta = dict(meta, **{STATE_DIGEST: [d.hex() for d in _all_processes([local])]})
         meta[META_DIGEST] = _meta_sha256(meta)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_keys_to_data(state)),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        with sigterm.deferred():
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_keys_to_data(state)),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+            self.last_good_step = step
 
     def meta(self, step: int) -> dict[str, Any]:
         """The JSON ``meta`` of checkpoint ``step`` alone (no arrays are read), verified.
@@ -260,6 +274,7 @@ class RunCheckpointer:
         except Exception as e:
             error = f"arrays unreadable ({_one_line(e)})"
         _agree(error)
+        self.last_good_step = step
         return state, meta
 
     def set_aside(self, steps: list[int]) -> str:

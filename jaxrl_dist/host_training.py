@@ -305,7 +305,7 @@ class HostPath:
                     "--ray_actors works with one learner process (--num_processes=1); "
                     "the Ray cluster supplies the actors"
                 )
-            ray_fleet.import_ray()  # ConfigError naming the extra, before anything runs
+            ray_fleet.check_address(host.ray_address)  # Ray there, the address answers
         self.config = config = host_config(config, host, self.num_processes).validate(
             len(host.learner_devices) * self.num_processes
         )

@@ -72,10 +72,12 @@ class ParamServer:
           KeyError: ``version`` was published but is no longer kept.
         """
         with self._cond:
-            want = 0 if version is None else version
-            if not self._cond.wait_for(
-                lambda: self._closed or self._latest >= want, timeout=timeout
-            ) or self._closed:
+            # An exact version waits until it is here or no longer can be (``add`` may
+            # deliver it after a newer one).
+            ready = (lambda: self._latest >= 0) if version is None else (
+                lambda: version in self._versions or self._latest >= version + self._keep)
+            if not self._cond.wait_for(lambda: self._closed or ready(), timeout=timeout) \
+                    or self._closed:
                 return None
             if version is None:
                 return self._latest, self._versions[self._latest]

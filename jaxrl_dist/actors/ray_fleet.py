@@ -28,6 +28,7 @@ import queue
 import socket
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,18 @@ def import_ray():
     return ray
 
 
+def check_address(address: str | None) -> None:
+    """Checks ``--ray_address`` before the run starts: Ray importable, and a ``host:port``
+    answering a TCP connection within ``CONNECT_TIMEOUT_S``.
+
+    Raises:
+      ConfigError: Ray missing (names the extra), a malformed or unreachable address.
+    """
+    import_ray()
+    if address not in (None, "", "auto"):
+        _check_reachable(address)
+
+
 def _check_reachable(address: str) -> None:
     """Raises ConfigError within ``CONNECT_TIMEOUT_S`` if ``host:port`` does not accept
     a TCP connection (Ray itself would retry for minutes)."""
@@ -93,16 +106,19 @@ def connect(address: str | None, num_actors: int) -> bool:
     ray = import_ray()
     started = False
     if not ray.is_initialized():
-        if address not in (None, "", "auto"):
-            _check_reachable(address)
+        check_address(address)
         local = address in (None, "")
         try:
-            ray.init(
-                address=None if local else address,
-                num_cpus=max(os.cpu_count() or 1, num_actors) if local else None,
-                include_dashboard=False, logging_level=logging.WARNING,
-                log_to_driver=True,
-            )
+            with warnings.catch_warnings():
+                # Ray starts its processes with fork + exec (subprocess), which is safe
+                # after JAX's threads exist; JAX warns about any fork.
+                warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+                ray.init(
+                    address="local" if local else address,  # local: always a new one
+                    num_cpus=max(os.cpu_count() or 1, num_actors) if local else None,
+                    include_dashboard=False, logging_level=logging.WARNING,
+                    log_to_driver=True,
+                )
         except ConnectionError as e:
             raise errors.ConfigError(
                 f"--ray_address={address}: {str(e).splitlines()[0]}"
@@ -140,7 +156,7 @@ class Fleet:
         self._lock = threading.Lock()
         self._versions: dict[int, Any] = {}  # version -> object ref (the newest two)
         self._handles: dict[int, Any] = {}
-        self._deaths: deque[float] = deque()
+        self.restart_limit = RestartLimit()
         self._closed = False
 
     def spawn(self, index: int, start: host_actor.ActorState | None):
@@ -170,22 +186,9 @@ class Fleet:
                 handle.publish.remote(version, ref)
 
     def died(self, index: int, error: BaseException) -> None:
-        """Records actor ``index``'s death.
-
-        Raises:
-          ActorError: more than ``MAX_RESTARTS`` deaths within ``RESTART_WINDOW_S``.
-        """
-        now = time.monotonic()
+        """Records actor ``index``'s death (``RestartLimit.died``; may raise ActorError)."""
         with self._lock:
-            self._deaths.append(now)
-            while self._deaths and self._deaths[0] < now - RESTART_WINDOW_S:
-                self._deaths.popleft()
-            count = len(self._deaths)
-        if count > MAX_RESTARTS:
-            raise errors.ActorError(
-                f"Ray actors died {count} times within {RESTART_WINDOW_S:g}s (last: actor "
-                f"{index}: {_first_line(error)}); stopping"
-            )
+            self.restart_limit.died(index, error)
 
     def close(self) -> None:
         """Kills every actor process; shuts Ray down if this fleet started it."""
@@ -203,6 +206,35 @@ class Fleet:
     def handle(self, index: int):
         with self._lock:
             return self._handles[index]
+
+
+class RestartLimit:
+    """Counts actor deaths in a sliding window of ``window_s`` seconds.
+
+    Args:
+      max_restarts: deaths tolerated within the window.
+      window_s: the window's length.
+    """
+
+    def __init__(self, max_restarts: int = MAX_RESTARTS, window_s: float = RESTART_WINDOW_S):
+        self.max_restarts, self.window_s = max_restarts, window_s
+        self._deaths: deque[float] = deque()
+
+    def died(self, index: int, error: BaseException, now: float | None = None) -> None:
+        """Records actor ``index``'s death (at ``now``, ``time.monotonic()`` seconds).
+
+        Raises:
+          ActorError: more than ``max_restarts`` deaths within the window (one line).
+        """
+        now = time.monotonic() if now is None else now
+        self._deaths.append(now)
+        while self._deaths and self._deaths[0] <= now - self.window_s:
+            self._deaths.popleft()
+        if len(self._deaths) > self.max_restarts:
+            raise errors.ActorError(
+                f"Ray actors died {len(self._deaths)} times within {self.window_s:g}s "
+                f"(last: actor {index}: {_first_line(error)}); stopping"
+            )
 
 
 def _first_line(error: BaseException) -> str:

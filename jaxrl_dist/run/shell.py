@@ -166,7 +166,7 @@ class _Shell:
         self.meta: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.writer = None
-        self.recorded = self.last_saved = None
+        self.recorded = None
         self.timings: dict[str, Any] = {}
 
     # ----------------------------------------------------------- the steps
@@ -198,7 +198,6 @@ class _Shell:
             said = "; ".join(f"{s} ({why})" for s, why in skipped)
             self.log(f"resume: skipped newer checkpoint(s) {said} (moved to "
                      f"{aside}); restored update {step}")
-        self.last_saved = step
         return step
 
     def open_files(self, start_update: int) -> None:
@@ -291,10 +290,18 @@ class _Shell:
     def _wall_s(self) -> float:
         return float(self.meta.get("wall_s", 0.0)) + time.time() - self.t_start
 
+    def _last_saved(self) -> int | None:
+        """Updates behind the newest checkpoint restored or saved in full. The
+        checkpointer counts a save as it ends, inside ``sigterm.deferred``: an interrupt
+        raised just after it never finds the checkpoint written but uncounted (which
+        ``_stopped`` would save again)."""
+        return None if self.checkpointer is None else self.checkpointer.last_good_step
+
     def _where(self) -> str:
-        if self.last_saved is None or self.checkpointer is None:
+        last = self._last_saved()
+        if last is None:
             return "no checkpoint was saved"
-        return f"last good checkpoint: update {self.last_saved} in {self.checkpointer.directory}"
+        return f"last good checkpoint: update {last} in {self.checkpointer.directory}"
 
     def _record(self, point: LogPoint) -> None:
         """Logs ``point`` once (history, metrics.jsonl, progress), then guards it."""
@@ -318,12 +325,12 @@ class _Shell:
             path.identity, updates=updates, env_steps=updates * path.steps_per_update,
             wall_s=self._wall_s(), **path.checkpoint_meta(),
         ))
-        self.last_saved = updates
 
     def _stopped(self, error: BaseException, start_update: int) -> None:
         """Keeps what finished before ``error``: after a Ctrl-C the finished updates'
         log points and (where the path can) their state; after any failure the
-        path's last good parameters in ``checkpoint/``."""
+        path's last good parameters in ``checkpoint/``. A second Ctrl-C or SIGTERM
+        while this runs (held back during a save) ends what it does, not the rest."""
         path = self.path
         if isinstance(error, KeyboardInterrupt):
             try:
@@ -331,14 +338,19 @@ class _Shell:
                     self._record(point)
                 newest = path.newest_updates
                 if path.saves_on_interrupt and newest > start_update and (
-                        newest != self.last_saved):
+                        newest != self._last_saved()):
                     self._save(newest)
+            except KeyboardInterrupt:
+                pass  # pressed again: the run is stopping already
             finally:
                 self.log(f"interrupted: {self._where()}")
         if self.writer:
-            params = path.failure_params(isinstance(error, errors.NonFiniteError))
-            if params is not None:
-                checkpoint.save_params(
-                    os.path.join(self.workdir, "checkpoint"), params, this_process_only=True
-                )
-            self.writer.close()
+            try:
+                params = path.failure_params(isinstance(error, errors.NonFiniteError))
+                if params is not None:
+                    checkpoint.save_params(
+                        os.path.join(self.workdir, "checkpoint"), params,
+                        this_process_only=True,
+                    )
+            finally:  # also after a Ctrl-C held back during that save
+                self.writer.close()

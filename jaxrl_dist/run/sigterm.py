@@ -6,6 +6,12 @@ scripts then exit with ``EXIT_CODE`` (143, what a shell reports for a process SI
 ended). If the process still runs ``GRACE_S`` seconds later (its main thread blocked in
 a C call: joining peers, a collective or a checkpoint barrier, where Python signal
 handlers never run), a timer thread ends it with ``os._exit(EXIT_CODE)``.
+
+``deferred()`` holds both SIGTERM's and Ctrl-C's (SIGINT's) ``KeyboardInterrupt`` back
+while a checkpoint is written, and raises it as soon as the write is done: an orbax save
+that an exception cuts short leaves its manager and a half-made temporary directory
+behind, and the next save (the one the interrupt itself makes) then fails. The 10 s
+timer still runs from the SIGTERM.
 """
 
 import os
@@ -20,6 +26,8 @@ _received = threading.Event()  # SIGTERM came: the run stops with EXIT_CODE
 _grace_lock = threading.Lock()
 _grace_timer: threading.Timer | None = None
 _wakeup: tuple[socket.socket, socket.socket] | None = None
+_deferring = 0  # depth of deferred() blocks open in the main thread
+_held = False  # a SIGTERM or SIGINT came inside them: raised when the outermost ends
 
 
 def handle() -> None:
@@ -40,11 +48,73 @@ def handle() -> None:
 
 
 def _on_sigterm(signum, frame):
+    global _held
     _start_grace_timer()  # also here: should another part replace the wakeup socket
     if _received.is_set():
         return  # already stopping: do not interrupt the checkpoint being saved
     _received.set()
+    if _deferring:
+        _held = True
+        return
     raise KeyboardInterrupt
+
+
+def _on_sigint_deferred(signum, frame):
+    global _held
+    _held = True
+
+
+def deferred() -> "_Deferred":
+    """``with sigterm.deferred():`` holds SIGTERM's and Ctrl-C's ``KeyboardInterrupt``
+    back until the block ends (see ``_Deferred``)."""
+    return _Deferred()
+
+
+class _Deferred:
+    """Holds SIGTERM's and Ctrl-C's ``KeyboardInterrupt`` back until the block ends.
+
+    For a block an exception must not cut short (a checkpoint write). A SIGTERM or
+    SIGINT that comes inside it is recorded (SIGTERM also sets ``received()`` and starts
+    the 10 s timer at once) and raised as ``KeyboardInterrupt`` when the outermost
+    block ends normally; when the block raises, its exception goes on instead. Blocks
+    nest. Ctrl-C is held only where SIGINT raises ``KeyboardInterrupt`` (Python's
+    default handler); outside the main thread, where no signal handler runs, the block
+    runs unchanged.
+    """
+
+    def __enter__(self):
+        global _deferring, _held
+        self._main = threading.current_thread() is threading.main_thread()
+        if not self._main:
+            return self
+        self._sigint = None
+        if not _deferring:
+            _held = False  # one held before, whose raise another signal cut short, is spent
+        _deferring += 1
+        try:
+            if _deferring == 1 and (
+                    signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+                self._sigint = signal.signal(signal.SIGINT, _on_sigint_deferred)
+        except BaseException:  # a Ctrl-C before the swap: the block never starts
+            _deferring -= 1
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        global _deferring, _held
+        if not self._main:
+            return False
+        try:  # SIGTERM is still held here; a SIGINT after the handler's return raises
+            if self._sigint is not None:
+                signal.signal(signal.SIGINT, self._sigint)
+        finally:
+            _deferring -= 1
+        if _deferring:
+            return False
+        held, _held = _held, False
+        if held and exc_type is None:
+            raise KeyboardInterrupt
+        return False
 
 
 def _watch_for_sigterm(reader: socket.socket) -> None:
