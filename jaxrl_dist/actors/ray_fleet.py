@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -108,6 +109,7 @@ def connect(address: str | None, num_actors: int) -> bool:
     if not ray.is_initialized():
         check_address(address)
         local = address in (None, "")
+        handlers = _signal_handlers()
         try:
             with warnings.catch_warnings():
                 # Ray starts its processes with fork + exec (subprocess), which is safe
@@ -123,6 +125,8 @@ def connect(address: str | None, num_actors: int) -> bool:
             raise errors.ConfigError(
                 f"--ray_address={address}: {str(e).splitlines()[0]}"
             ) from None
+        finally:
+            _restore(handlers)  # Ray's driver installs its own SIGTERM handler
         started = local
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < num_actors:
@@ -133,6 +137,19 @@ def connect(address: str | None, num_actors: int) -> bool:
             f"has {cpus:g}"
         )
     return started
+
+
+def _signal_handlers() -> dict:
+    """This process's Python handlers of SIGTERM and SIGINT (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 class Fleet:
