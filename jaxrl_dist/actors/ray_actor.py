@@ -101,3 +101,33 @@ class ActorProcess:
 
 def _to_numpy(tree: Any) -> Any:
     return jax.tree.map(np.asarray, tree)
+
+
+def random_action_steps(env: str, envs: int, vectorization: str, duration_s: float,
+                        seed: int, start_at: float) -> int:
+    """Env steps one actor process takes in ``duration_s`` s of uniformly random actions
+    in a ``VectorEnv`` of ``envs`` envs (no inference, no learning), starting at wall
+    time ``start_at`` (so that every process of a fleet steps at once). Run as a Ray task
+    by ``ray_fleet.random_action_sps``."""
+    import time
+
+    from jaxrl_dist.envs import gymnasium_env
+
+    spec = gymnasium_env.make_spec(env)
+    vec = gymnasium_env.VectorEnv(env, envs, seed, vectorization)
+    rng = np.random.default_rng(seed)
+    if spec.discrete:
+        actions = [rng.integers(0, spec.action_dim, envs) for _ in range(64)]
+    else:
+        low, high = spec.action_space.low, spec.action_space.high
+        actions = [rng.uniform(low, high, (envs, spec.action_dim)).astype(np.float32)
+                   for _ in range(64)]
+    try:
+        time.sleep(max(0.0, start_at - time.time()))
+        deadline, steps = time.perf_counter() + duration_s, 0
+        while time.perf_counter() < deadline:
+            vec.step(actions[steps % 64])
+            steps += 1
+        return steps * envs
+    finally:
+        vec.close()

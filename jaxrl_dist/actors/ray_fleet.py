@@ -259,6 +259,31 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
+def random_action_sps(address: str | None, num_actors: int, env: str, envs: int,
+                      vectorization: str, duration_s: float, seed: int) -> float:
+    """The raw rate (env steps/s) of ``num_actors`` Ray actor processes each stepping a
+    ``VectorEnv`` of ``envs`` envs with random actions, all at once (no inference, no
+    learning): the ceiling a fleet is measured against.
+
+    Raises:
+      ConfigError: see ``connect``.
+    """
+    ray = import_ray()
+    started = connect(address, num_actors)
+    try:
+        task = ray.remote(num_cpus=1)(ray_actor.random_action_steps).options(
+            runtime_env={"env_vars": ray_actor.PROCESS_ENV})
+        start_at = time.time() + 10.0 + 0.5 * num_actors  # after every process is up
+        steps = ray.get([
+            task.remote(env, envs, vectorization, duration_s, seed + k * envs, start_at)
+            for k in range(num_actors)
+        ])
+    finally:
+        if started:
+            ray.shutdown()
+    return float(sum(steps)) / duration_s
+
+
 class RemoteActor(threading.Thread):
     """The learner's proxy of actor process ``index``; see the module docstring.
 
