@@ -197,6 +197,8 @@ def _wait_for(get: Callable[[float], Any], threads, index: int, stop: threading.
             return value
         if stop.is_set() or not threads[index].is_alive():
             for thread in threads:
+                if isinstance(thread.error, errors.ActorError):  # already says which
+                    raise thread.error
                 if thread.error is not None:
                     raise errors.ActorError(
                         f"actor thread {thread.index} failed: {thread.error!r}"

@@ -152,10 +152,11 @@ print("SUMMARY " + json.dumps(dict(
 
 # (agent, actors, envs per actor, deterministic, kill at env steps, overrides)
 RAY_LEARNING = {
+    "ppo": ("ppo", 2, 8, True, 0, dict(rollout_len=64, total_steps=500_000)),
     "ppo_sigkill": ("ppo", 2, 8, True, 100_000, dict(rollout_len=64, total_steps=500_000)),
     "apex": ("apex", 2, 16, True, 0, dict(rollout_len=8, learner_steps=8,
                                           total_steps=500_000)),
-    "a3c": ("a3c", 2, 16, False, 0, dict(rollout_len=16, total_steps=600_000)),
+    "a3c": ("a3c", 2, 16, False, 0, dict(rollout_len=16, total_steps=1_000_000)),
 }
 
 
