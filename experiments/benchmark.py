@@ -272,6 +272,7 @@ def benchmark_host(config, settings, host, t0) -> None:
         "raw_random_action_sps": round(raw),
         "ratio": round(best["sps"] / raw, 3),
         "compile_s": round(best["compile_s"], 2),
+        "actors_ready_s": round(best.get("actors_ready_s", 0.0), 2),
         "train_s": round(best["train_s"], 2),
         "policy_lag_mean": round(best["policy_lag/mean"], 2),
         "stage_seconds": stages,
@@ -289,7 +290,9 @@ def benchmark_host(config, settings, host, t0) -> None:
         ("training env steps/s (after compile)", f"{result['sps']:,}"),
         ("raw random-action env steps/s", f"{result['raw_random_action_sps']:,}"),
         ("ratio (goal >= 0.7; Ray actors: >= 0.8)", f"{result['ratio']}"),
-        ("compile (s)", f"{result['compile_s']}"),
+        ("compile (s)", f"{result['compile_s']}"
+         + (f"; Ray actor processes up and compiled after {result['actors_ready_s']} s"
+            if host.ray_actors else "")),
         ("policy lag (mean, updates)", f"{result['policy_lag_mean']}"),
         ("stage seconds (summed over process 0's threads)", json.dumps(stages)),
     ]

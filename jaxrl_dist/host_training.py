@@ -42,7 +42,6 @@ from jaxrl_dist import (
     host_checkpoint,
     parallel,
     tuning,
-    types,
     writers,
 )
 from jaxrl_dist.actors import host_actor, host_metrics, ray_fleet
@@ -148,24 +147,6 @@ def host_config(config: common.OnDeviceConfig, host: HostSettings, num_processes
     if hasattr(config, "policy_lag"):
         changes["policy_lag"] = 0  # the lag is real here (measured, not simulated)
     return dataclasses.replace(config, **changes)
-
-
-def _transition_shapes(spec, act_fn, params, rollout_len: int, envs_per_thread: int):
-    """``ShapeDtypeStruct`` pytree of one thread's ``Transition`` ``[T, B, ...]``."""
-    obs = jax.ShapeDtypeStruct((envs_per_thread, *spec.obs_shape), np.float32)
-    env_ids = jax.ShapeDtypeStruct((envs_per_thread,), np.int32)
-    action, log_prob, dist, _ = jax.eval_shape(act_fn, params, obs, jax.random.key(0), env_ids)
-
-    def timed(x, dtype=None):
-        return jax.ShapeDtypeStruct((rollout_len, *x.shape), dtype or x.dtype)
-
-    column = jax.ShapeDtypeStruct((envs_per_thread,), np.float32)
-    return types.Transition(
-        obs=timed(obs), action=timed(action), reward=timed(column),
-        terminated=timed(column, np.bool_), truncated=timed(column, np.bool_),
-        next_obs=timed(obs), behaviour_log_prob=timed(log_prob),
-        behaviour_dist=jax.tree.map(timed, dist),
-    )
 
 
 def _run_meta(config, settings: RunSettings, host: HostSettings, num_processes: int) -> dict:
@@ -386,6 +367,10 @@ class HostPath:
         t0 = time.time()
         self._compile()
         compile_s = time.time() - t0
+        timings = {"compile_s": compile_s}
+        if host.ray_actors:  # the training clock starts once every actor process is up
+            self.server.wait_ready(host.stall_timeout_s)
+            timings["actors_ready_s"] = time.time() - t0
         actors = (f"{host.ray_actors} Ray actor process(es) x {host.envs_per_thread} envs"
                   if host.ray_actors else
                   f"{host.num_threads} actor thread(s) x {host.envs_per_thread} envs on "
@@ -398,7 +383,7 @@ class HostPath:
         )
         if not host.ray_actors:
             self.threads = self._make_threads(saving)
-        return {"compile_s": compile_s}
+        return timings
 
     def _actor_settings(self) -> host_actor.ActorSettings:
         host, config = self.host, self.config
@@ -418,7 +403,7 @@ class HostPath:
         """Compiles the learner's update and (on every actor device) the actors' steps."""
         host, num_processes = self.host, self.num_processes
         self.finish_fn = jax.jit(self.fns.actor_step) if self.fns.actor_step else None
-        transition = _transition_shapes(
+        transition = host_actor.transition_shapes(
             self.spec, self.fns.act, self.state.params, self.config.rollout_len,
             host.envs_per_thread,
         )

@@ -426,6 +426,25 @@ class ActorThread(threading.Thread):
             todo = failed
 
 
+def transition_shapes(spec, act_fn, params, rollout_len: int, envs_per_thread: int):
+    """``ShapeDtypeStruct`` pytree of one actor's ``Transition`` ``[T, B, ...]``, for
+    ``act_fn`` (an agent's ``act``) at ``params`` on ``spec``'s observations."""
+    obs = jax.ShapeDtypeStruct((envs_per_thread, *spec.obs_shape), np.float32)
+    env_ids = jax.ShapeDtypeStruct((envs_per_thread,), np.int32)
+    action, log_prob, dist, _ = jax.eval_shape(act_fn, params, obs, jax.random.key(0), env_ids)
+
+    def timed(x, dtype=None):
+        return jax.ShapeDtypeStruct((rollout_len, *x.shape), dtype or x.dtype)
+
+    column = jax.ShapeDtypeStruct((envs_per_thread,), np.float32)
+    return types.Transition(
+        obs=timed(obs), action=timed(action), reward=timed(column),
+        terminated=timed(column, np.bool_), truncated=timed(column, np.bool_),
+        next_obs=timed(obs), behaviour_log_prob=timed(log_prob),
+        behaviour_dist=jax.tree.map(timed, dist),
+    )
+
+
 def _rows(mask: np.ndarray, x: np.ndarray) -> np.ndarray:
     return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 

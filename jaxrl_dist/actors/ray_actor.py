@@ -57,6 +57,7 @@ class ActorProcess:
                                   tuning.for_platform(jax.default_backend()))
         fns = agent.functions()
         finish_fn = jax.jit(fns.actor_step) if fns.actor_step else None
+        _warm_up(agent, fns.act, finish_fn, spec, settings)
         self.server = param_server_lib.ParamServer(keep=2)
         self.rollouts: queue.Queue = queue.Queue(maxsize=queue_size)
         self.stop = threading.Event()
@@ -88,6 +89,11 @@ class ActorProcess:
         """``ActorThread.snapshot``: the state at the start of rollout ``rollout_index``."""
         return self.thread.snapshot(rollout_index, timeout)
 
+    def ready(self) -> bool:
+        """``True`` once the process is up and its programs are compiled (a call waits
+        for the constructor)."""
+        return True
+
     def pid(self) -> int:
         """This process's id (tests kill it)."""
         return os.getpid()
@@ -97,6 +103,21 @@ class ActorProcess:
         self.stop.set()
         self.server.close()
         self.thread.join(JOIN_S)
+
+
+def _warm_up(agent, act_fn, finish_fn, spec, settings: host_actor.ActorSettings) -> None:
+    """Compiles ``act_fn`` (and ``finish_fn``) for this actor's shapes on zeros, before
+    the first rollout (as ``HostPath`` does for actor threads)."""
+    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                          jax.eval_shape(agent.init_params, jax.random.key(0)))
+    envs = settings.envs_per_thread
+    obs = np.zeros((envs, *spec.obs_shape), np.float32)
+    env_ids = np.arange(envs, dtype=np.int32)
+    jax.block_until_ready(act_fn(params, obs, jax.random.key(0), env_ids))
+    if finish_fn is not None:
+        shapes = host_actor.transition_shapes(spec, act_fn, params, settings.rollout_len, envs)
+        zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+        jax.block_until_ready(finish_fn(params, zeros, env_ids))
 
 
 def _to_numpy(tree: Any) -> Any:

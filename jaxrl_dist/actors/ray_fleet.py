@@ -191,6 +191,14 @@ class Fleet:
                 handle.publish.remote(version, ref)
         return handle
 
+    def wait_ready(self, timeout: float) -> None:
+        """Waits up to ``timeout`` s until every actor process is up with its programs
+        compiled (one that died meanwhile is its proxy's to replace)."""
+        with self._lock:
+            refs = [handle.ready.remote() for handle in self._handles.values()]
+        with contextlib.suppress(self.ray.exceptions.RayError):
+            self.ray.get(refs, timeout=timeout)
+
     def publish(self, version: int, params: Any) -> None:
         """Puts ``params`` (device arrays, replicated) into the object store once and
         sends the reference to every actor."""
