@@ -360,6 +360,9 @@ class RemoteActor(threading.Thread):
                 continue
             if not isinstance(got, host_actor.Rollout):  # ("error", message): it failed
                 raise errors.ActorError(f"Ray actor {self.index} failed: {got[1]}")
+            # Ask for the next one first: its call overlaps this one's hand-on (the
+            # actor's own bounded queue still limits what it produces).
+            ref = self.fleet.handle(self.index).next_rollout.remote(REMOTE_WAIT_S)
             self._hand_on(got, t0)
 
     def _hand_on(self, rollout: host_actor.Rollout, t0: float) -> None:
