@@ -263,7 +263,7 @@ def benchmark_host(config, settings, host, t0) -> None:
         "num_processes": num_processes,
         "envs_per_thread": host.envs_per_thread,
         "vectorization": host.vectorization,
-        "actor_devices": list(host.actor_devices),
+        "actor_devices": [] if host.ray_actors else list(host.actor_devices),
         "learner_devices": list(host.learner_devices),
         "rollout_len": config.rollout_len,
         "env_steps": best["env_steps"],
