@@ -18,6 +18,7 @@ from test_cli import run_script, script_job
 
 from jaxrl_dist import agents, errors, host_training, training
 from jaxrl_dist.actors import ray_fleet
+from tests import processes
 
 ray = pytest.importorskip("ray")  # the [ray] extra; README's test install includes it
 
@@ -111,35 +112,18 @@ def test_unreachable_ray_address_is_one_line_within_30_s(tmp_path):
 RAY_LEARNING_MAIN = r"""
 import json, os, signal, sys
 from jaxrl_dist import agents, host_training, training
+from tests import processes
 agent, actors, envs, deterministic, kill_at, workdir, overrides = json.loads(sys.argv[1])
 host = host_training.HostSettings(ray_actors=actors, envs_per_thread=envs,
                                   deterministic=deterministic, learner_devices=(0,))
 config = agents.default_config(agent, "gymnasium:CartPole-v1", **overrides)
 killed = []
 
-def descendants(root):
-    children = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        children.setdefault(parent, []).append((int(pid), title))
-    todo, found = [root], []
-    while todo:
-        for pid, title in children.get(todo.pop(), []):
-            found.append((pid, title))
-            todo.append(pid)
-    return found
-
 def progress(env_steps, metrics):
     if kill_at and not killed and env_steps >= kill_at:
-        actors_now = [p for p, t in descendants(os.getpid()) if "ActorProcess" in t]
-        os.kill(actors_now[0], signal.SIGKILL)
-        killed.append(actors_now[0])
+        victim = processes.ray_actor_processes(os.getpid())[0]
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
 
 summary = host_training.train_host(
     config, training.RunSettings(eval_episodes=32, log_points=20), host, workdir,
@@ -206,7 +190,7 @@ def test_sigterm_ends_a_ray_run_and_its_actors_within_10_s(tmp_path):
         while time.monotonic() < deadline and not _has_records(workdir):
             time.sleep(0.5)
         assert _has_records(workdir), proc.stderr.read() if proc.poll() is not None else ""
-        actors = _actor_processes(proc.pid)
+        actors = processes.ray_actor_processes(proc.pid)
         assert len(actors) == 2
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -218,41 +202,12 @@ def test_sigterm_ends_a_ray_run_and_its_actors_within_10_s(tmp_path):
     assert rc == 143, proc.stderr.read()
     assert stopped_s < 10
     time.sleep(1.0)
-    assert not [pid for pid in actors if _alive(pid)]
+    assert not [pid for pid in actors if processes.alive(pid)]
 
 
 def _has_records(workdir):
     path = workdir / "metrics.jsonl"
     return path.exists() and path.read_text().strip() != ""
-
-
-def _actor_processes(root):
-    """Pids of the Ray actor processes below ``root`` (process titles ``ray::ActorProcess``)."""
-    parents = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        parents.setdefault(parent, []).append((int(pid), title))
-    todo, found = [root], []
-    while todo:
-        for pid, title in parents.get(todo.pop(), []):
-            if "ActorProcess" in title:
-                found.append(pid)
-            todo.append(pid)
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_actor_deaths_beyond_the_limit_within_the_window_stop_the_run():
