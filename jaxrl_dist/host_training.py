@@ -282,13 +282,11 @@ class HostPath:
         self.num_processes, self.process = jax.process_count(), jax.process_index()
         self.primary = self.process == 0
         self.host = host = host.resolve(jax.local_device_count())
-        if host.ray_actors:
-            if self.num_processes > 1:
-                raise errors.ConfigError(
-                    "--ray_actors works with one learner process (--num_processes=1); "
-                    "the Ray cluster supplies the actors"
-                )
-            ray_fleet.check_address(host.ray_address)  # Ray there, the address answers
+        if host.ray_actors and self.num_processes > 1:
+            raise errors.ConfigError(
+                "--ray_actors works with one learner process (--num_processes=1); the Ray "
+                "cluster supplies the actors"
+            )
         self.config = config = host_config(config, host, self.num_processes).validate(
             len(host.learner_devices) * self.num_processes
         )
@@ -310,7 +308,9 @@ class HostPath:
         self.good: tuple[int, Any] | None = None  # (update, params) of the last finite log point
         self.threads: list[host_actor.ActorThread] = []
         self.stop = threading.Event()
-        self.server = param_server_lib.ParamServer(keep=2)  # a ray_fleet.Fleet with Ray
+        self.server = param_server_lib.ParamServer(keep=2)
+        if host.ray_actors:  # connected now: a bad address fails before anything is written
+            self.server = ray_fleet.Fleet(host.ray_address, host.ray_actors, self._actor_args)
 
     def config_record(self) -> dict[str, Any]:
         settings = {k: v for k, v in dataclasses.asdict(self.settings).items()
@@ -359,7 +359,6 @@ class HostPath:
         host = self.host
         self.every = every
         if host.ray_actors:  # the actor processes start (and compile) while the learner does
-            self.server = ray_fleet.Fleet(host.ray_address, host.ray_actors, self._actor_args)
             self.threads = self._make_threads(saving)
         if start_update:
             self.server.publish(start_update - 1, _local(self.behaviour))
