@@ -50,6 +50,21 @@ cli.DEFINE_integer("eval_episodes", 32, "Greedy evaluation episodes per seed at 
 cli.DEFINE_integer(
     "log_points", 20, "At least this many metrics.jsonl lines (chunks must divide the updates)."
 )
+cli.DEFINE_integer(
+    "eval_every", 0,
+    "Env steps per seed between greedy evaluations during training, logged as "
+    "eval/episode_return (0: only the final one).",
+)
+flags.DEFINE_string(
+    "config", None,
+    "A finished run's config.json: run that configuration again (flags given beside it "
+    "override its values).",
+)
+flags.DEFINE_bool(
+    "print_config", False,
+    "Print the resolved config (agent and env defaults, --config, flags) as JSON and exit.",
+)
+flags.adopt_module_key_flags(cli)  # --help lists them
 FLAGS = flags.FLAGS
 
 OUTPUTS = ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint", "checkpoints",
@@ -99,11 +114,24 @@ def check_resume(workdir: str, config) -> None:
             )
 
 
+def apply_config_file(path: str) -> None:
+    """Sets every flag that ``path`` (a run's config.json) names and the command line
+    does not give (``config_flags.file_values``). Raises ConfigError."""
+    from jaxrl_dist import config_flags
+
+    saved = config_flags.read_config_file(path)
+    for name, value in config_flags.file_values(saved, set(FLAGS)).items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = [str(v) for v in value] if isinstance(value, list) else value
+
+
 def check_flags(argv):
     """Checks what needs no JAX backend; the distributed settings (exit 2 on bad input)."""
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; all options are --flags")
     try:
+        if FLAGS.config:
+            apply_config_file(FLAGS.config)
         dist = cli.distributed_settings_from_flags()
         cli.check_positive(
             eval_episodes=FLAGS.eval_episodes, log_points=FLAGS.log_points,
@@ -123,6 +151,21 @@ def check_flags(argv):
     return dist
 
 
+def print_config(config, host) -> None:
+    """Prints the resolved config (and host-actor layout) as one JSON object; exit 0."""
+    import dataclasses
+
+    from jaxrl_dist import writers
+
+    record = {"agent": config.agent, **{k: writers.jsonable(v) for k, v in
+                                        dataclasses.asdict(config).items()}}
+    if host is not None:
+        record["host"] = {k: writers.jsonable(v) for k, v in dataclasses.asdict(host).items()}
+    print(json.dumps(record, indent=1))
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def check_run():
     """``(config, host settings, workdir, leftovers)`` after the checks that need the
     joined processes; every process stops with the first one's error (exit 2)."""
@@ -131,6 +174,8 @@ def check_run():
     try:
         config = cli.config_from_flags()
         host = cli.host_settings_from_flags()
+        if FLAGS.print_config:
+            print_config(config, host)
         workdir = FLAGS.workdir or os.path.join(
             "runs", f"{FLAGS.env.replace(':', '-')}-{FLAGS.agent}-{time.strftime('%Y%m%d-%H%M%S')}"
         )

@@ -11,16 +11,8 @@ import sys
 
 from absl import flags
 
-from jaxrl_dist import errors
+from jaxrl_dist import config_flags, errors
 from jaxrl_dist.agents import AGENTS
-
-# Flags that override fields of the agent's config (None: the per-env default).
-CONFIG_FLAGS = (
-    "num_envs", "rollout_len", "total_steps", "num_epochs", "num_minibatches", "lr",
-    "objective", "policy_lag", "optimizer", "ent_coef", "gamma", "torso",
-    "n_step", "buffer_capacity", "batch_size", "learner_steps", "learning_starts",
-    "target_update_period",
-)
 
 # Flags of the host-actor layout (``host_training.HostSettings``); only with gymnasium:<id>.
 HOST_FLAGS = (
@@ -97,34 +89,7 @@ def define_agent_flags() -> None:
         "env", "CartPole-v1",
         "A gymnax id (on-device envs), or gymnasium:<id> (host actor threads).",
     )
-    DEFINE_integer("num_envs", None, "Global number of environments (split over devices).")
-    DEFINE_integer("rollout_len", None, "Steps per env per update (T).")
-    DEFINE_integer("total_steps", None, "Environment steps per seed.")
-    DEFINE_integer("num_epochs", None, "PPO, IMPALA: passes over each rollout.")
-    DEFINE_integer("num_minibatches", None, "PPO, IMPALA: minibatches per pass.")
-    flags.DEFINE_float("lr", None, "Learning rate.")
-    flags.DEFINE_string("objective", None, "PPO: objective, clip (eq. 7) or kl (eq. 8).")
-    DEFINE_integer(
-        "policy_lag", None, "IMPALA: updates by which the behaviour policy lags (0: on-policy)."
-    )
-    flags.DEFINE_string("optimizer", None, "adam or rmsprop (default: the agent's).")
-    flags.DEFINE_float("ent_coef", None, "Entropy bonus coefficient.")
-    flags.DEFINE_float("gamma", None, "Discount factor.")
-    flags.DEFINE_string("torso", None, "mlp, or cnn (a 3x3x16 conv first; image observations).")
-    DEFINE_integer("n_step", None, "Ape-X: steps of the n-step return (3).")
-    DEFINE_integer(
-        "buffer_capacity", None, "Ape-X: replay capacity in transitions, over all devices."
-    )
-    DEFINE_integer("batch_size", None, "Ape-X: transitions per learner step (global).")
-    DEFINE_integer(
-        "learner_steps", None, "Ape-X: learner steps per update (sets the replay ratio)."
-    )
-    DEFINE_integer(
-        "learning_starts", None, "Ape-X: transitions in the replay before learning starts."
-    )
-    DEFINE_integer(
-        "target_update_period", None, "Ape-X: learner steps between target-network refreshes."
-    )
+    define_config_flags()
     DEFINE_integer(
         "actor_threads", None, "Host actors: actor threads per actor device (default 2)."
     )
@@ -225,9 +190,30 @@ def distributed_settings_from_flags():
     ).validate()
 
 
+def define_config_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """One flag per field of every agent's config (``config_flags.fields``), default
+    ``None`` (the per-agent, per-env default)."""
+    for flag in config_flags.fields().values():
+        text = config_flags.help_text(flag)
+        if flag.kind == "int":
+            DEFINE_integer(flag.name, None, text, flag_values=flag_values)
+        elif flag.kind == "float":
+            flags.DEFINE_float(flag.name, None, text, flag_values=flag_values)
+        elif flag.kind == "bool":
+            flags.DEFINE_bool(flag.name, None, text, flag_values=flag_values)
+        elif flag.kind == "ints":
+            flags.DEFINE_list(flag.name, None, text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(flag.name, None, text, flag_values=flag_values)
+
+
 def config_overrides() -> dict:
-    """The config fields set by flags (``CONFIG_FLAGS`` that are not ``None``)."""
-    return {name: FLAGS[name].value for name in CONFIG_FLAGS if FLAGS[name].value is not None}
+    """The config fields set by flags (those that are not ``None``), as the config takes
+    them. Raises ConfigError for a list flag with a non-integer element."""
+    return {
+        name: config_flags.value(flag, FLAGS[name].value)
+        for name, flag in config_flags.fields().items() if FLAGS[name].value is not None
+    }
 
 
 def rounding_note(config) -> str | None:
@@ -279,8 +265,22 @@ def fail(message: str) -> None:
     os._exit(2)
 
 
+HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-?")
+DEFAULTS_NOTE = (
+    "Unset hyperparameter flags take per-agent, per-env defaults: see them with "
+    "--agent=A --env=E --print_config (train.py). Every flag: --helpfull."
+)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flags parser whose errors are one line and exit code 2."""
+    """absl flags parser whose errors are one line and exit code 2; ``--help`` prints the
+    main module's doc and flags (and where defaults are) and exits 0."""
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+        from absl import app
+
+        app.usage(shorthelp=True, writeto_stdout=True)
+        print(f"\n{DEFAULTS_NOTE}")
+        sys.exit(0)
     try:
         return FLAGS(argv)
     except flags.Error as e:

@@ -20,6 +20,25 @@ class OnDeviceConfig:
     """
 
     agent: ClassVar[str] = ""
+    # What each field means (the command-line flag of the same name shows it).
+    HELP: ClassVar[dict[str, str]] = {
+        "env": "A gymnax id (on-device envs), or gymnasium:<id> (host actors).",
+        "num_envs": "Global number of environments, split over devices (on device).",
+        "rollout_len": "Steps per env per update (T).",
+        "total_steps": "Environment steps per seed (5e5 works).",
+        "lr": "Learning rate.",
+        "anneal_lr": "Decay the learning rate linearly to 0 over the run.",
+        "optimizer": "adam or rmsprop (decay 0.99).",
+        "opt_eps": "The optimizer's epsilon.",
+        "gamma": "Discount factor.",
+        "vf_coef": "Weight of the value loss.",
+        "ent_coef": "Weight of the entropy bonus.",
+        "max_grad_norm": "Gradients are clipped to this global norm.",
+        "normalize_advantages": "Normalize advantages over each gradient step's global batch.",
+        "hidden_sizes": "Widths of the hidden layers, comma-separated (e.g. 64,64).",
+        "activation": "tanh or relu.",
+        "torso": "mlp, or cnn (a 3x3x16 convolution first; image observations).",
+    }
 
     env: str = "CartPole-v1"
     num_envs: int = 4

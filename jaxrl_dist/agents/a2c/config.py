@@ -17,6 +17,9 @@ class A2CConfig(common.OnDeviceConfig):
     """
 
     agent: ClassVar[str] = "a2c"
+    HELP: ClassVar[dict[str, str]] = {
+        "gae_lambda": "1: A3C's n-step returns; < 1: GAE(lambda) targets.",
+    }
 
     num_envs: int = 16
     rollout_len: int = 5

@@ -28,6 +28,22 @@ class ApexConfig(common.OnDeviceConfig):
     """
 
     agent: ClassVar[str] = "apex"
+    HELP: ClassVar[dict[str, str]] = {
+        "n_step": "Steps of the n-step return.",
+        "dueling": "Dueling Q-network heads.",
+        "buffer_capacity": "Replay capacity in transitions, over all devices.",
+        "batch_size": "Transitions per learner step (global).",
+        "learner_steps": "Learner steps per update (sets the replay ratio).",
+        "learning_starts": "Transitions in the replay before learning starts.",
+        "target_update_period": "Learner steps between target-network refreshes.",
+        "epsilon": "Base of the actors' epsilon ladder.",
+        "epsilon_alpha": "Exponent spread of the epsilon ladder.",
+        "priority_alpha": "Prioritization exponent alpha.",
+        "priority_beta": "Importance-sampling exponent beta at the start.",
+        "priority_beta_end": "beta at the end (annealed linearly).",
+        "priority_eps": "Added to |TD error| so that no transition becomes unsampleable.",
+        "obs_storage": "float32, or uint8 (observations stored as bytes; MinAtar's are 0/1).",
+    }
 
     num_envs: int = 16
     rollout_len: int = 4

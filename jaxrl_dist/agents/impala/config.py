@@ -21,6 +21,15 @@ class ImpalaConfig(common.OnDeviceConfig):
     """
 
     agent: ClassVar[str] = "impala"
+    HELP: ClassVar[dict[str, str]] = {
+        "policy_lag": "On device: updates by which the behaviour policy lags (0: on-policy).",
+        "num_epochs": "Passes over each rollout (1: the paper's single step).",
+        "num_minibatches": "Env groups per pass; V-trace corrects for the drift.",
+        "clip_rho_threshold": "V-trace's rho-bar (importance weights of the targets).",
+        "clip_c_threshold": "V-trace's c-bar (trace cutting).",
+        "clip_pg_rho_threshold": "V-trace's rho-bar of the policy-gradient advantages.",
+        "vtrace_lambda": "V-trace's lambda.",
+    }
 
     num_envs: int = 16
     rollout_len: int = 20

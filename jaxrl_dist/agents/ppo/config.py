@@ -20,6 +20,16 @@ class PPOConfig(common.OnDeviceConfig):
     """
 
     agent: ClassVar[str] = "ppo"
+    HELP: ClassVar[dict[str, str]] = {
+        "num_epochs": "Passes over each rollout.",
+        "num_minibatches": "Minibatches per pass.",
+        "gae_lambda": "GAE's lambda.",
+        "objective": "clip (eq. 7) or kl (eq. 8, adaptive beta).",
+        "clip_eps": "Clipping epsilon of the policy (and value) loss.",
+        "kl_target": "--objective=kl: the KL target d_targ.",
+        "kl_beta_init": "--objective=kl: the initial KL penalty beta.",
+        "clip_value": "Clip the value loss around the behaviour values.",
+    }
 
     num_epochs: int = 4
     num_minibatches: int = 4
