@@ -1,5 +1,11 @@
 """jaxrl_dist: distributed reinforcement learning in JAX.
 
+The Python API (imported on first use, so that ``import jaxrl_dist`` stays light):
+  make_config(agent, env, **overrides)   the validated per-env defaults (api.py)
+  train(config, *, workdir=None, progress_fn=None, **settings) -> TrainResult
+  load_policy(workdir, seed=0)           a trained policy to act with (policy.py)
+  register_gymnax_env(env_id, env, params=None)   a gymnax Environment as an --env id
+
 Modules:
   losses         pure, jit-able RL maths (GAE, PPO objectives, V-trace, actor-critic,
                  n-step double-Q) on time-major [T, B] arrays.
@@ -25,3 +31,20 @@ Modules:
 """
 
 __version__ = "0.1.0"
+
+_API = {
+    "make_config": ("jaxrl_dist.api", "make_config"),
+    "train": ("jaxrl_dist.api", "train"),
+    "TrainResult": ("jaxrl_dist.api", "TrainResult"),
+    "load_policy": ("jaxrl_dist.policy", "load_policy"),
+    "register_gymnax_env": ("jaxrl_dist.envs.gymnax_env", "register"),
+}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        module, attribute = _API[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'jaxrl_dist' has no attribute {name!r}")

@@ -87,7 +87,13 @@ def define_agent_flags() -> None:
     flags.DEFINE_string("agent", "ppo", f"Agent: one of {', '.join(AGENTS)}.")
     flags.DEFINE_string(
         "env", "CartPole-v1",
-        "A gymnax id (on-device envs), or gymnasium:<id> (host actor threads).",
+        "A gymnax id (on-device envs), or gymnasium:<id> or gymnasium:<module>:<id> (host "
+        "actors; the module is imported first, as Gymnasium does).",
+    )
+    flags.DEFINE_list(
+        "env_module", None,
+        "Modules to import before --env is resolved, which register your envs: gymnax "
+        "envs with jaxrl_dist.register_gymnax_env, Gymnasium envs with gymnasium.register.",
     )
     define_config_flags()
     DEFINE_integer(
@@ -315,7 +321,7 @@ def _gymnax_spaces(env_id: str) -> tuple[str, tuple[int, ...]]:
 
     gymnax_env.check_env_id(env_id)
     try:
-        env, params = gymnax_env.gymnax.make(env_id)
+        env, params = gymnax_env.make(env_id)
         action_space = type(env.action_space(params)).__name__
         obs_space = type(env.observation_space(params)).__name__
         obs_shape = tuple(env.observation_space(params).shape)
@@ -384,6 +390,34 @@ def host_settings_from_flags():
     return host_training.HostSettings(**values).resolve(jax.local_device_count())
 
 
+def import_env_modules() -> None:
+    """Imports ``--env_module``'s modules. A Gymnasium id one of them registered becomes
+    ``gymnasium:<module>:<id>`` (said in one line), so that actor processes import it too.
+
+    Raises:
+      ConfigError: a module that cannot be imported.
+    """
+    import importlib
+
+    from jaxrl_dist.envs import gymnasium_env
+
+    for module in FLAGS.env_module or ():
+        import gymnasium
+
+        before = set(gymnasium.registry)
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure to import is bad input
+            raise errors.ConfigError(
+                f"--env_module={module} cannot be imported ({type(e).__name__}: {e})"
+            ) from None
+        env_id = gymnasium_env.gymnasium_id(FLAGS.env)
+        if gymnasium_env.is_gymnasium(FLAGS.env) and env_id in set(gymnasium.registry) - before:
+            FLAGS.env = f"{gymnasium_env.PREFIX}{module}:{env_id}"
+            print(f"--env_module={module} registers {env_id}: the run uses --env={FLAGS.env}",
+                  flush=True)
+
+
 def config_from_flags():
     """The validated config of ``--agent`` from flags over the env's defaults.
 
@@ -397,6 +431,7 @@ def config_from_flags():
     from jaxrl_dist import agents, parallel
     from jaxrl_dist.envs import gymnasium_env
 
+    import_env_modules()
     obs_shape = check_env_and_agent(FLAGS.agent, FLAGS.env)
     check_positive(
         num_envs=FLAGS.num_envs, rollout_len=FLAGS.rollout_len, total_steps=FLAGS.total_steps,

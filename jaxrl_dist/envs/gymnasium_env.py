@@ -28,6 +28,7 @@ one line per env every ``LOG_EVERY_S`` seconds.
 
 import contextlib
 import functools
+import importlib
 import math
 import pickle
 import time
@@ -203,13 +204,22 @@ def make_spec(env: str) -> EnvSpec:
         not a Box observation and a Discrete or 1-D Box action.
     """
     env_id = gymnasium_id(env)
+    module, _, name = env_id.rpartition(":")  # Gymnasium's own "module:EnvId" form
+    if module:
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure to import is bad input
+            raise errors.ConfigError(
+                f"--env={env}: module {module!r} cannot be imported ({type(e).__name__}: {e})"
+            ) from None
+        env_id = name
     if env_id not in gymnasium.registry:
         known = ", ".join(sorted(k for k in gymnasium.registry if "/" not in k)[:12])
         raise errors.ConfigError(
             f"--env={env}: {env_id!r} is not a registered Gymnasium id (e.g. {known}, ...)"
         )
     try:
-        single = gymnasium.make(env_id)
+        single = gymnasium.make(gymnasium_id(env))
     except Exception as e:  # noqa: BLE001 - any failure to build the env is bad input
         raise errors.ConfigError(f"--env={env} could not be created: {e}") from None
     try:

@@ -54,11 +54,47 @@ class TimeStep(NamedTuple):
     episode_length: jax.Array  # int32
 
 
-def check_env_id(env_id: str) -> None:
-    """Raises ConfigError unless ``env_id`` is a registered gymnax id."""
-    if env_id not in gymnax.registered_envs:
+# Environments registered by users (``register``): id -> (environment, default params).
+_REGISTERED: dict[str, tuple[Any, Any]] = {}
+
+
+def register(env_id: str, env: Any, params: Any = None) -> str:
+    """Makes a gymnax ``Environment`` object usable as ``--env=env_id`` / ``config.env``
+    in this process (gymnax's own registry is a fixed list). Returns ``env_id``.
+
+    Args:
+      env_id: the id to use; must not be one of gymnax's own ids.
+      env: a ``gymnax.environments.environment.Environment`` instance.
+      params: its ``EnvParams`` (default: ``env.default_params``).
+
+    Raises:
+      ConfigError: ``env_id`` is a gymnax id, or ``env`` is not a gymnax Environment.
+    """
+    if env_id in gymnax.registered_envs:
+        raise errors.ConfigError(f"--env={env_id} is gymnax's own id; register another one")
+    if not all(hasattr(env, name) for name in ("step", "reset", "default_params")):
         raise errors.ConfigError(
-            f"--env must be a gymnax id ({', '.join(gymnax.registered_envs)}), got {env_id!r}"
+            f"--env={env_id}: {type(env).__name__} is not a gymnax Environment"
+        )
+    _REGISTERED[env_id] = (env, env.default_params if params is None else params)
+    return env_id
+
+
+def make(env_id: str) -> tuple[Any, Any]:
+    """``(environment, default params)`` of a registered or gymnax id (``check_env_id``
+    first)."""
+    if env_id in _REGISTERED:
+        return _REGISTERED[env_id]
+    return gymnax.make(env_id)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raises ConfigError unless ``env_id`` is a gymnax id or one made with ``register``."""
+    if env_id not in gymnax.registered_envs and env_id not in _REGISTERED:
+        raise errors.ConfigError(
+            f"--env must be a gymnax id ({', '.join(gymnax.registered_envs)}), an id "
+            f"registered with jaxrl_dist.register_gymnax_env, or gymnasium:<id>; got "
+            f"{env_id!r}"
         )
 
 
@@ -135,7 +171,7 @@ class GymnaxEnv:
         check_env_id(env_id)
         self.env_id = env_id
         self.num_envs = num_envs
-        self.env, default_params = gymnax.make(env_id)
+        self.env, default_params = make(env_id)
         self.params = default_params if env_params is None else env_params
         self.action_space = self.env.action_space(self.params)
         self.observation_space = self.env.observation_space(self.params)

@@ -1,0 +1,111 @@
+"""The Python API (``jaxrl_dist.make_config``, ``jaxrl_dist.train``) on both acting paths,
+and environments of a user's own: a gymnax ``Environment`` object, a Gymnasium env by
+``module:Id`` and by ``--env_module``."""
+
+import json
+import os
+
+import custom_envs
+import pytest
+from test_cli import ROOT, TRAIN, script_env
+
+import jaxrl_dist
+from jaxrl_dist import errors
+
+QUIET = dict(eval_episodes=4, log_points=4, progress_every_s=1e9)
+
+
+def test_on_device_with_a_progress_callback():
+    config = jaxrl_dist.make_config("ppo", "CartPole-v1", total_steps=2048, num_envs=8,
+                                    rollout_len=32)
+    calls = []
+    result = jaxrl_dist.train(config, num_devices=1, log=lambda s: None,
+                              progress_fn=lambda steps, metrics: calls.append((steps, metrics)),
+                              **QUIET)
+    assert [steps for steps, _ in calls] == [512, 1024, 1536, 2048]
+    assert all("train/episode_return" in metrics for _, metrics in calls)
+    assert result.workdir is None and len(result.history) == 4
+    assert result.summary["env_steps"] == 2048 and len(result.summary["params_sha256"]) == 64
+    assert set(result.params) == {"policy", "value"}  # leading seed axis of 1
+    assert {x.shape[0] for x in jax_leaves(result.params)} == {1}
+
+
+def test_host_actors_with_a_progress_callback(tmp_path):
+    config = jaxrl_dist.make_config("ppo", "gymnasium:CartPole-v1", total_steps=2048,
+                                    rollout_len=32)
+    calls = []
+    result = jaxrl_dist.train(
+        config, workdir=str(tmp_path), actor_threads=1, envs_per_thread=8,
+        learner_devices=(0,), deterministic=True, log=lambda s: None,
+        progress_fn=lambda steps, metrics: calls.append(steps), **QUIET)
+    assert calls == [512, 1024, 1536, 2048]
+    assert result.workdir == str(tmp_path)
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert json.loads(f.read().splitlines()[-1])["params_sha256"] == \
+            result.summary["params_sha256"]
+
+
+def test_a_custom_gymnax_env_object_learns():
+    config = jaxrl_dist.make_config("ppo", custom_envs.Corridor(), total_steps=32_768,
+                                    num_envs=16, rollout_len=32)
+    assert config.env == "Corridor"
+    result = jaxrl_dist.train(config, num_devices=1, log=lambda s: None, **QUIET)
+    assert result.summary["eval/episode_return"] >= 0.9  # 9 steps right: 1 - 8 * 0.01
+
+
+def test_a_custom_gymnasium_env_by_module_id_learns():
+    config = jaxrl_dist.make_config("ppo", "gymnasium:custom_envs:GoRight-v0",
+                                    total_steps=32_768, rollout_len=32)
+    result = jaxrl_dist.train(config, actor_threads=2, envs_per_thread=8,
+                              learner_devices=(0,), log=lambda s: None, **QUIET)
+    assert result.summary["eval/episode_return"] >= 0.9
+
+
+def test_a_gymnasium_env_factory_runs_with_threads():
+    config = jaxrl_dist.make_config("a2c", custom_envs.GoRight, total_steps=1024,
+                                    rollout_len=16)
+    assert config.env == "gymnasium:jaxrl_dist/GoRight-v0"
+    result = jaxrl_dist.train(config, actor_threads=1, envs_per_thread=4,
+                              learner_devices=(0,), log=lambda s: None, **QUIET)
+    assert result.summary["env_steps"] == 1024
+    with pytest.raises(errors.ConfigError, match="register the env in a module"):
+        jaxrl_dist.train(config, ray_actors=2, envs_per_thread=4, log=lambda s: None)
+
+
+def test_api_bad_input_is_a_config_error():
+    with pytest.raises(errors.ConfigError, match="--clip_eps does not apply to --agent=a2c"):
+        jaxrl_dist.make_config("a2c", "CartPole-v1", clip_eps=0.1)
+    with pytest.raises(errors.ConfigError, match="--lr must be > 0"):
+        jaxrl_dist.make_config("ppo", "CartPole-v1", lr=-1.0)
+    with pytest.raises(errors.ConfigError, match="apex acts in Discrete"):
+        jaxrl_dist.make_config("apex", "Pendulum-v1")
+    config = jaxrl_dist.make_config("ppo", "CartPole-v1")
+    with pytest.raises(errors.ConfigError, match="unknown setting.*actor_thread"):
+        jaxrl_dist.train(config, actor_thread=2)
+    with pytest.raises(errors.ConfigError, match="apply only to host actors"):
+        jaxrl_dist.train(config, actor_threads=2)
+
+
+def test_env_module_and_module_id_on_the_command_line():
+    import subprocess
+    import sys
+
+    env = dict(script_env(1), PYTHONPATH=os.path.join(ROOT, "tests"))
+    by_module = subprocess.run(
+        [sys.executable, TRAIN, "--env_module=custom_envs", "--env=gymnasium:GoRight-v0",
+         "--print_config"], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert by_module.returncode == 0, by_module.stderr
+    note, *rest = by_module.stdout.splitlines()
+    assert note == ("--env_module=custom_envs registers GoRight-v0: the run uses "
+                    "--env=gymnasium:custom_envs:GoRight-v0")
+    assert json.loads("\n".join(rest))["env"] == "gymnasium:custom_envs:GoRight-v0"
+    by_id = subprocess.run(
+        [sys.executable, TRAIN, "--env=gymnasium:custom_envs:GoRight-v0", "--print_config"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert by_id.returncode == 0 and json.loads(by_id.stdout)["env"].endswith("GoRight-v0")
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
