@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 from test_cli import run_script, script_job
@@ -28,7 +29,9 @@ QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    with warnings.catch_warnings():  # Ray's fork + exec is safe after JAX's threads exist
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -180,7 +183,7 @@ def test_sigterm_ends_a_ray_run_and_its_actors_within_10_s(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "experiments/train.py", "--env=gymnasium:CartPole-v1",
-         "--ray_actors=2", "--envs_per_thread=4", "--total_steps=5e6",
+         "--ray_actors=2", "--envs_per_thread=4", "--total_steps=5e6", "--log_points=2000",
          f"--workdir={workdir}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
