@@ -137,6 +137,7 @@ def check_flags(argv):
             eval_episodes=FLAGS.eval_episodes, log_points=FLAGS.log_points,
             checkpoint_every=FLAGS.checkpoint_every,
         )
+        settings_from_flags().check()  # --eval_every and the rest, before any directory
         from jaxrl_dist import writers
 
         writers.check_wandb(FLAGS.wandb_project)
@@ -222,14 +223,15 @@ def clear_workdir(workdir: str, leftovers: bool) -> None:
 
 
 def settings_from_flags():
-    from jaxrl_dist import training
+    from jaxrl_dist.run.settings import RunSettings
 
-    return training.RunSettings(
+    return RunSettings(
         seed=FLAGS.seed,
         num_seeds=FLAGS.num_seeds,
         num_devices=FLAGS.num_devices,
         eval_episodes=FLAGS.eval_episodes,
         log_points=FLAGS.log_points,
+        eval_every=FLAGS.eval_every,
         checkpoint_every=FLAGS.checkpoint_every,
         resume=FLAGS.resume,
         wandb_project=FLAGS.wandb_project,

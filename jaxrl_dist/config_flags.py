@@ -23,7 +23,7 @@ from jaxrl_dist.agents import AGENTS
 KINDS = {int: "int", float: "float", bool: "bool", str: "str"}
 # Run settings (``run.settings.RunSettings``) a config.json holds, by their flag names.
 SETTINGS = ("seed", "num_seeds", "num_devices", "eval_episodes", "log_points",
-            "checkpoint_every", "chunk_compile")
+            "checkpoint_every", "chunk_compile", "eval_every")
 HOST_PREFIX = "host_"  # config.json's host-actor layout fields: host_<flag name>
 ON_DEVICE_ONLY = ("num_envs", "policy_lag", "num_devices", "chunk_compile")
 

@@ -5,8 +5,10 @@
 learning. Each host call runs ``chunk`` updates in one compiled program; the next
 chunk is dispatched before the previous chunk's (already reduced, scalar)
 metrics are fetched, so the device never waits for the host, except at
-checkpoints: there the chunk's metrics and parameters are checked to be finite
-before its state is saved, so a saved checkpoint is always a good one.
+checkpoints and greedy evaluations during training (``RunSettings.eval_every``):
+there the chunk's log point is made before the next chunk is dispatched, so its
+metrics and parameters are checked to be finite before its state is saved (a saved
+checkpoint is always a good one), and the evaluation sees exactly its parameters.
 """
 
 import dataclasses
@@ -115,6 +117,7 @@ class OnDevicePath:
         self.state = None
         self.newest_updates = 0
         self._unrecorded: list[tuple[int, Any]] = []
+        self._evaluator = None  # compiled on the first evaluation, then reused
 
     def config_record(self) -> dict[str, Any]:
         record = dict(
@@ -179,8 +182,11 @@ class OnDevicePath:
 
     def log_points(self, start_update: int, every: int) -> Iterator[shell.LogPoint]:
         """Chunk ``i``'s metrics are fetched (which blocks) only after chunk ``i + 1`` is
-        dispatched, so the two overlap; ``state`` always holds the newest chunk's result."""
-        chunk = self._chunk
+        dispatched, so the two overlap; ``state`` always holds the newest chunk's result.
+        A chunk ending at a checkpoint or at a greedy evaluation
+        (``RunSettings.eval_due``) is yielded before the next one is dispatched, so
+        ``state`` is then that log point's."""
+        chunk, spu, settings = self._chunk, self.steps_per_update, self.settings
         self._last = (time.time(), start_update * self.steps_per_update)
         for i in range(start_update // chunk, self.num_updates // chunk):
             self.state, metrics = self.train_chunk(self.state, self.train_keys)
@@ -190,8 +196,10 @@ class OnDevicePath:
                 yield self._point(*self._unrecorded[0], checkpoint=False)
                 self._unrecorded.pop(0)
             done = self.newest_updates
-            if done % every == 0 or done == self.num_updates:
-                yield self._point(*self._unrecorded[0], checkpoint=True)
+            saves = done % every == 0 or done == self.num_updates
+            if saves or settings.eval_due((done - chunk) * spu, done * spu,
+                                          self.num_updates * spu):
+                yield self._point(*self._unrecorded[0], checkpoint=saves)
                 self._unrecorded.pop(0)
         jax.block_until_ready(self.state)
 
@@ -263,13 +271,18 @@ class OnDevicePath:
         return None
 
     def evaluate(self) -> np.ndarray:
+        """Greedy returns ``[S, eval_episodes]`` of ``state``'s parameters (every process
+        calls it); the same evaluation key every time, so evaluations during training and
+        the final one differ only in the parameters. The evaluator is compiled on the
+        first call."""
         learner = self.learner
-        evaluate = evaluation.make_evaluator(
-            learner.env, learner.policy, learner.dist.mode, self.settings.eval_episodes,
-            learner.tuning.run_once_options(),
-        )
+        if self._evaluator is None:
+            self._evaluator = evaluation.make_evaluator(
+                learner.env, learner.policy, learner.dist.mode, self.settings.eval_episodes,
+                learner.tuning.run_once_options(),
+            )
         key = jax.random.fold_in(jax.random.key(self.settings.seed), 2**31 - 1)
-        return np.asarray(jax.device_get(evaluate(self.state.params, key)))
+        return np.asarray(jax.device_get(self._evaluator(self.state.params, key)))
 
     def final_params(self) -> tuple[Any, Any]:
         return jax.device_get(self.state.params), self.state.params

@@ -174,16 +174,40 @@ def curve_series(env_steps: np.ndarray, returns: np.ndarray) -> CurveSeries:
                            np.nanmin(masked, axis=1), np.nanmax(masked, axis=1))
 
 
+def eval_series(history: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy evaluations made during training, from a run's log records.
+
+    Args:
+      history: metrics records; those with ``eval/episode_return_per_seed`` (a list or
+        array of ``S`` returns, ``None`` or NaN for a missing value) are taken.
+
+    Returns:
+      ``(env_steps [K] float64, returns [K, S] float64)``, in the records' order; ``K``
+      is 0 (returns ``[0, 0]``) when no record has an evaluation.
+    """
+    points = [(h["env_steps"], h["eval/episode_return_per_seed"]) for h in history
+              if h.get("eval/episode_return_per_seed") is not None]
+    if not points:
+        return np.zeros(0), np.zeros((0, 0))
+    steps = np.array([p[0] for p in points], np.float64)
+    returns = np.array([[np.nan if r is None else r for r in np.ravel(p[1])]
+                        for p in points], np.float64)
+    return steps, returns
+
+
 def learning_curve_figure(
     env_steps: np.ndarray, returns: np.ndarray, title: str,
     eval_returns: np.ndarray | float | None = None, eval_step: float | None = None,
+    periodic_eval: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """The learning curve as a matplotlib ``Figure`` (see :func:`plot_learning_curve`).
 
     Its one axes holds, in this order: the mean training return line (label starting
     ``"mean of"``; markers when fewer than ``SPARSE_POINTS`` points; absent when no
     window had a finished episode), the min-max band over seeds (more than one seed),
-    and the greedy evaluation errorbar (label starting ``"greedy eval"``; when
+    the greedy evaluations during training (one dashed line with square markers,
+    label ``PERIODIC_EVAL_LABEL``; when ``periodic_eval`` has a finite value), and the
+    final greedy evaluation errorbar (label starting ``"greedy eval"``; when
     ``eval_returns`` has a finite value).
     """
     # The object-oriented API: no pyplot import (~0.5 s), no global backend or figure state.
@@ -204,7 +228,9 @@ def learning_curve_figure(
     else:
         ax.text(0.5, 0.06, "no training episode finished in any log window",
                 transform=ax.transAxes, ha="center", va="bottom", color="gray")
-    end = _draw_eval(ax, np.asarray(env_steps, np.float64).reshape(-1), eval_returns, eval_step)
+    end = _draw_periodic_eval(ax, periodic_eval)
+    end = max(end, _draw_eval(ax, np.asarray(env_steps, np.float64).reshape(-1),
+                              eval_returns, eval_step))
     if end > 0:  # the whole run, from step 0, however few points it has
         ax.set_xlim(0, 1.04 * end)
     ax.set_xlabel("environment steps (per seed)")
@@ -215,6 +241,30 @@ def learning_curve_figure(
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+# The legend label of the greedy evaluations made during training.
+PERIODIC_EVAL_LABEL = "greedy eval during training"
+
+
+def _draw_periodic_eval(ax, periodic_eval) -> float:
+    """Draws the mean over seeds of each evaluation of ``periodic_eval``
+    (``(env_steps [K], returns [K, S] or [K])``; NaN values skipped, points without any
+    finite value left out) as square markers joined by a dashed line; returns the largest
+    env step drawn (0.0 when none)."""
+    steps = np.zeros(0) if periodic_eval is None else np.asarray(periodic_eval[0],
+                                                                  np.float64).reshape(-1)
+    if not steps.size:
+        return 0.0
+    values = np.asarray(periodic_eval[1], np.float64).reshape(steps.size, -1)
+    finite = np.isfinite(values)
+    keep = finite.any(axis=1)
+    if not keep.any():
+        return 0.0
+    means = np.where(finite, values, 0.0).sum(axis=1)[keep] / finite.sum(axis=1)[keep]
+    ax.plot(steps[keep], means, linestyle="--", marker="s", markersize=4,
+            color="tab:red", alpha=0.8, label=PERIODIC_EVAL_LABEL)
+    return float(steps[keep].max())
 
 
 def _draw_eval(ax, env_steps: np.ndarray, eval_returns, eval_step) -> float:
@@ -238,9 +288,11 @@ def _draw_eval(ax, env_steps: np.ndarray, eval_returns, eval_step) -> float:
 def plot_learning_curve(
     workdir: str, env_steps: np.ndarray, returns: np.ndarray, title: str,
     eval_returns: np.ndarray | float | None = None, eval_step: float | None = None,
+    periodic_eval: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> str:
     """Saves ``learning_curve.png``: mean training return over seeds against env steps,
-    min-max band, and the final greedy eval return; returns its path.
+    min-max band, the greedy eval returns during training and the final greedy eval
+    return; returns its path.
 
     Log windows in which no episode finished (NaN) are skipped per seed: the curve
     joins the points that exist (markers when there are few), and a run with none
@@ -254,12 +306,15 @@ def plot_learning_curve(
       eval_returns: optional greedy eval return per seed ``[S]`` (or one float),
         drawn at ``eval_step`` as the mean with a min-max error bar.
       eval_step: env steps (per seed) of the eval point (default: ``env_steps[-1]``).
+      periodic_eval: optional greedy evaluations during training, ``(env_steps [K],
+        returns [K, S])`` (e.g. ``eval_series(history)``), drawn as the mean over seeds
+        at each point, square markers joined by a dashed line.
 
     Raises:
       ValueError: ``returns`` is not ``[N, S]``; OSError: the PNG cannot be written.
     """
     path = os.path.join(workdir, "learning_curve.png")
-    learning_curve_figure(env_steps, returns, title, eval_returns, eval_step).savefig(
-        path, dpi=100
-    )
+    learning_curve_figure(
+        env_steps, returns, title, eval_returns, eval_step, periodic_eval
+    ).savefig(path, dpi=100)
     return path

@@ -68,6 +68,7 @@ BAD_INPUTS = [
     (["--env_module=no_such_module"], "--env_module=no_such_module cannot be imported"),
     (["--env=gymnasium:no_such_module:X-v0"],
      "--env=gymnasium:no_such_module:X-v0: module 'no_such_module' cannot be imported"),
+    (["--eval_every=-1"], "--eval_every must be an integer >= 0, got -1"),
     (["--hidden_sizes=a,b"], "--hidden_sizes must be comma-separated integers, got 'a,b'"),
     (["--config=/nonexistent/config.json"], "--config=/nonexistent/config.json does not exist"),
     (["--agent=a2c", "--clip_eps=0.3"], "--clip_eps does not apply to --agent=a2c"),

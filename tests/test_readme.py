@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests import test_cli, test_compare, test_multihost, test_sweep
+from tests import test_cli, test_compare, test_multihost, test_policy, test_sweep
 
 BAD_INPUT_DOC = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "bad_input.md"
@@ -15,6 +15,7 @@ CASES = [
     *[("train.py", a, m) for a, m in test_multihost.MULTIPROCESS_BAD_INPUTS],
     *[("benchmark.py", a, m) for a, m in test_sweep.SWEEP_BAD_INPUTS],
     *[("benchmark.py", a, m) for a, m in test_compare.COMPARE_BAD_INPUTS],
+    *[("evaluate.py", a, m) for a, m in test_policy.EVALUATE_BAD_INPUTS],
 ]
 
 

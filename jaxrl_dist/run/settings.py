@@ -27,6 +27,10 @@ class RunSettings:
     checkpoint in the workdir. ``wandb_project``: also log to Weights & Biases.
     ``chunk_compile``: CPU only, how the on-device training chunk compiles
     (``cpu.compile_options.CHUNK_TIERS``); not part of the run's identity.
+    ``eval_every``: env steps per seed between greedy evaluations during training
+    (``eval_episodes`` per seed, at the first log point at or after each multiple, and
+    at the last log point; see ``eval_due``); 0: only the final one. Not part of the
+    run's identity (it changes what is logged, not what is trained).
     """
 
     seed: int = 0
@@ -39,18 +43,31 @@ class RunSettings:
     resume: bool = False
     wandb_project: str | None = None
     chunk_compile: str = "auto"
+    eval_every: int = 0
 
     def check(self) -> "RunSettings":
         """Returns self.
 
         Raises:
-          ConfigError: ``checkpoint_every`` < 1 (one line naming the flag).
+          ConfigError: ``checkpoint_every`` < 1, or ``eval_every`` not an integer >= 0
+            (one line naming the flag).
         """
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise errors.ConfigError(
                 f"--checkpoint_every must be >= 1 update, got {self.checkpoint_every}"
             )
+        every = self.eval_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise errors.ConfigError(f"--eval_every must be an integer >= 0, got {every!r}")
         return self
+
+    def eval_due(self, steps_before: int, steps: int, total_steps: int) -> bool:
+        """Whether the log point at ``steps`` env steps per seed (the previous one at
+        ``steps_before``) evaluates the greedy policy: ``eval_every`` > 0 and a multiple of
+        it lies in ``(steps_before, steps]``, or ``steps`` is the run's last log point
+        (``>= total_steps``; that evaluation is also the run's final one)."""
+        every = self.eval_every
+        return every > 0 and (steps // every > steps_before // every or steps >= total_steps)
 
 
 def chunk_size(num_updates: int, log_points: int, divides: tuple[int, ...] = ()) -> int:

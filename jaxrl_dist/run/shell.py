@@ -29,7 +29,11 @@ from jaxrl_dist.run.settings import RunSettings, checkpoint_period
 class LogPoint(NamedTuple):
     """What a path reports after ``updates`` updates: the metrics ``record`` (without
     ``wall_s``, which the shell adds), whether a whole-run checkpoint is due, and
-    ``guard``, the path's own data for its finite check."""
+    ``guard``, the path's own data for its finite check.
+
+    ``record["sps"]``, where present: env steps of all seeds since the previous log point
+    per second since it; the shell takes the seconds of an evaluation made at the
+    previous log point out of it (``_Shell._without_eval_time``)."""
 
     updates: int
     record: dict[str, Any]
@@ -46,6 +50,12 @@ class ActingPath(Protocol):
     ``primary`` (this process writes the run files), ``saves_on_interrupt``
     (the newest state can be checkpointed after a Ctrl-C), ``newest_updates``
     (updates behind the newest state).
+
+    Evaluation during training (``RunSettings.eval_every``): while the shell records a
+    log point that ``RunSettings.eval_due`` names, the path's state must be that log
+    point's (``newest_updates == point.updates``), since the shell then calls
+    ``evaluate``; every process records every log point, so ``evaluate`` may be a
+    collective.
     """
 
     config: Any
@@ -98,7 +108,8 @@ class ActingPath(Protocol):
         """Parameters to keep in ``checkpoint/`` when the run fails, or ``None``."""
 
     def evaluate(self) -> np.ndarray:
-        """Greedy evaluation returns ``[S, eval_episodes]`` of the final parameters."""
+        """Greedy evaluation returns ``[S, eval_episodes]`` of the newest parameters (the
+        final ones after training; those of a log point during it)."""
 
     def final_params(self) -> tuple[Any, Any]:
         """``(host copy, global arrays)`` of the final parameters."""
@@ -129,9 +140,19 @@ def run(path: ActingPath, settings: RunSettings, workdir: str | None = None,
 
     Returns:
       The summary dict (``env_steps`` per seed, ``wall_s``, the path's timings,
-      ``train_s``, ``sps`` over all seeds after compilation, ``eval/*``,
-      ``params_sha256``, the path's extras) plus ``eval/returns`` ``[S, E]``,
-      ``params``, ``history`` and ``resumed_from`` (updates restored, 0).
+      ``train_s`` (seconds of the training loop without the evaluations in it),
+      ``eval_s`` (seconds of those evaluations, 0.0 without ``eval_every``), ``sps``
+      over all seeds after compilation (``/ train_s``), ``eval/*``, ``params_sha256``,
+      the path's extras) plus ``eval/returns`` ``[S, E]``, ``params``, ``history`` and
+      ``resumed_from`` (updates restored, 0).
+
+      With ``settings.eval_every`` > 0 the log points that ``RunSettings.eval_due``
+      names (the first at or after each multiple of ``eval_every`` env steps per seed,
+      and the last) also hold ``eval/episode_return`` (float: mean over seeds and
+      episodes), ``eval/episode_return_per_seed`` (``[S]``) and ``time/eval_s`` (seconds
+      it took, on device the first one's with the evaluator's compile; not counted in
+      any ``sps`` or in ``train_s``), of the parameters of that log point's update; the
+      last one's is the final evaluation (made once).
 
     Raises:
       ConfigError: bad settings, a config needing more device memory than is free
@@ -168,6 +189,9 @@ class _Shell:
         self.writer = None
         self.recorded = None
         self.timings: dict[str, Any] = {}
+        self.eval_s = 0.0  # seconds of the evaluations during training
+        self.eval_owed = 0.0  # of them, those not yet taken out of a record's sps
+        self.final_eval: np.ndarray | None = None  # made at the last log point
 
     # ----------------------------------------------------------- the steps
     def resume(self) -> int:
@@ -243,14 +267,16 @@ class _Shell:
             self.path.close()
             if self.checkpointer:
                 self.checkpointer.close()
-        self.train_s = time.time() - self.t_train
+        self.train_s = time.time() - self.t_train - self.eval_s
 
     def finish(self, start_update: int) -> dict[str, Any]:
         """Evaluates the final parameters, saves them and writes the summary and plot."""
         path = self.path
         env_steps = path.num_updates * path.steps_per_update
         run_steps = env_steps - start_update * path.steps_per_update
-        eval_returns = np.asarray(path.evaluate())
+        eval_returns = self.final_eval
+        if eval_returns is None:
+            eval_returns = np.asarray(path.evaluate())
         params, global_params = path.final_params()
         per_seed = eval_returns.mean(axis=1)
         summary = {
@@ -258,6 +284,7 @@ class _Shell:
             "wall_s": self._wall_s(),
             **self.timings,
             "train_s": self.train_s,
+            "eval_s": self.eval_s,
             "sps": run_steps * path.num_seeds / self.train_s if run_steps else float("nan"),
             "eval/episode_return": float(eval_returns.mean()),
             "eval/episode_return_per_seed": per_seed,
@@ -267,7 +294,9 @@ class _Shell:
         }
         self.log(
             f"done: {env_steps} env steps/seed in {self.train_s:.1f}s ({summary['sps']:.0f} "
-            f"sps) + {path.done_text(summary)} | greedy eval return "
+            f"sps) + {path.done_text(summary)}"
+            + (f" + {self.eval_s:.1f}s greedy evals during training" if self.eval_s else "")
+            + " | greedy eval return "
             f"{summary['eval/episode_return']:.1f} (per seed: "
             f"{', '.join(f'{r:.1f}' for r in per_seed)})"
         )
@@ -280,6 +309,7 @@ class _Shell:
             writers.plot_learning_curve(
                 self.workdir, steps, path.curve(self.history), path.title,
                 eval_returns=summary["eval/episode_return_per_seed"], eval_step=env_steps,
+                periodic_eval=writers.eval_series(self.history),
             )
         return dict(summary, **{
             "eval/returns": eval_returns, "params": params, "history": self.history,
@@ -303,19 +333,63 @@ class _Shell:
             return "no checkpoint was saved"
         return f"last good checkpoint: update {last} in {self.checkpointer.directory}"
 
-    def _record(self, point: LogPoint) -> None:
-        """Logs ``point`` once (history, metrics.jsonl, progress), then guards it."""
+    def _record(self, point: LogPoint, evaluate: bool = True) -> None:
+        """Logs ``point`` once (history, metrics.jsonl, progress): guards it, then, where
+        due and ``evaluate``, adds the greedy evaluation of its parameters. The record is
+        logged also when the guard or the evaluation raises (without the evaluation)."""
         if point.updates <= self.recorded:
             return  # logged already (a Ctrl-C can land after the write)
         record = {"env_steps": point.record["env_steps"], "wall_s": self._wall_s(),
                   **point.record}
-        self.history.append(record)
-        if self.writer:
-            self.writer.write(record)
-        self.recorded = point.updates
-        if self.progress_fn:
-            self.progress_fn(record["env_steps"], record)
-        self.path.check_finite(point, self._where())
+        self._without_eval_time(record, point.updates)
+        spu = self.path.steps_per_update
+        try:
+            self.path.check_finite(point, self._where())  # no evaluation of NaN parameters
+            if evaluate and self.settings.eval_due(
+                    self.recorded * spu, point.updates * spu, self.path.num_updates * spu):
+                record.update(self._evaluate(point.updates))
+        finally:
+            self.history.append(record)
+            if self.writer:
+                self.writer.write(record)
+            self.recorded = point.updates
+            if self.progress_fn:
+                self.progress_fn(record["env_steps"], record)
+
+    def _evaluate(self, updates: int) -> dict[str, Any]:
+        """The greedy evaluation of the parameters after ``updates`` updates (the path's
+        newest), as record entries; its seconds are counted in ``eval_s``.
+
+        Raises:
+          AssertionError: the path's state is not that of update ``updates``.
+        """
+        path = self.path
+        if path.newest_updates != updates:
+            raise AssertionError(
+                f"{type(path).__name__} holds update {path.newest_updates}, not {updates}: "
+                f"it cannot evaluate that log point"
+            )
+        t0 = time.time()
+        returns = np.asarray(path.evaluate())
+        seconds = time.time() - t0
+        self.eval_s += seconds
+        self.eval_owed += seconds
+        if updates == path.num_updates:
+            self.final_eval = returns
+        return {"eval/episode_return": float(returns.mean()),
+                "eval/episode_return_per_seed": returns.mean(axis=1), "time/eval_s": seconds}
+
+    def _without_eval_time(self, record: dict[str, Any], updates: int) -> None:
+        """Takes the seconds of the evaluations since the previous log point out of
+        ``record["sps"]`` (the env steps of all seeds since it, per second since it)."""
+        owed, self.eval_owed = self.eval_owed, 0.0
+        sps = record.get("sps")
+        steps = (updates - self.recorded) * self.path.steps_per_update * self.path.num_seeds
+        if not owed or not steps or not sps or not np.isfinite(sps):
+            return
+        seconds = steps / float(sps) - owed
+        if seconds > 0:
+            record["sps"] = steps / seconds
 
     def _save(self, updates: int) -> None:
         if self.checkpointer is None:
@@ -335,7 +409,7 @@ class _Shell:
         if isinstance(error, KeyboardInterrupt):
             try:
                 for point in path.pending():
-                    self._record(point)
+                    self._record(point, evaluate=False)
                 newest = path.newest_updates
                 if path.saves_on_interrupt and newest > start_update and (
                         newest != self._last_saved()):
