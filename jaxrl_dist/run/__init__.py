@@ -13,5 +13,6 @@ guard, checkpoint cadence), evaluate, and finish (final params, summary, plot).
   shell     the ``ActingPath`` protocol and ``run``.
   memory    the device memory a run needs, checked before compiling.
   shared_dir  the start-up check that every process sees the same --workdir.
-  sigterm   SIGTERM ends a run as Ctrl-C does, and the process within 10 s.
+  sigterm   SIGTERM ends a run as Ctrl-C does, and the process within 10 s; deferred()
+            holds SIGTERM and Ctrl-C until a checkpoint save ends.
 """
