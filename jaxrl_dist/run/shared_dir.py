@@ -132,10 +132,13 @@ def _see_token(client, path: str, me: int, timeout_s: float, poll_s: float,
                deadline: float) -> str:
     """Waits for process 0's token and for it in ``path``; ``_OK`` or the one-line failure."""
     while True:
+        # Process 0 publishes its token before its result: read the result first, so
+        # that a result seen with no token after it means process 0 stopped early.
+        stopped = _try_get(client, _KEYS + "result/0") is not None
         token = _try_get(client, _KEYS + "token")
         if token is not None:
             break
-        if _try_get(client, _KEYS + "result/0") is not None:
+        if stopped:
             return _OK  # process 0 stopped before writing; its own error is reported
         if time.monotonic() > deadline:
             return f"process {me} got no token from process 0 (did it stop?)"
