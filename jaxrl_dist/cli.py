@@ -18,6 +18,7 @@ from jaxrl_dist.agents import AGENTS
 HOST_FLAGS = (
     "actor_threads", "envs_per_thread", "vectorization", "deterministic", "actor_devices",
     "learner_devices", "queue_size", "param_refresh_steps", "ray_actors", "ray_address",
+    "terminal_on_life_loss",
 )
 THREAD_FLAGS = ("actor_threads", "actor_devices")  # actor threads' layout (not Ray's)
 HOST_INSTEAD = {
@@ -119,6 +120,11 @@ def define_agent_flags() -> None:
         "non-actor devices); with several processes the mesh joins every process's.",
     )
     DEFINE_integer("queue_size", None, "Host actors: rollouts queued per thread (1).")
+    flags.DEFINE_bool(
+        "terminal_on_life_loss", None,
+        "Atari games: a lost life ends the training episode (evaluation plays whole "
+        "games; default false).",
+    )
     DEFINE_integer(
         "param_refresh_steps", None,
         "Host actors: a thread's env steps between parameter fetches (0: every rollout).",
@@ -360,7 +366,7 @@ def host_settings_from_flags():
     Raises:
       ConfigError: a bad value.
     """
-    from jaxrl_dist.envs import gymnasium_env
+    from jaxrl_dist.envs import atari, gymnasium_env
 
     if not gymnasium_env.is_gymnasium(FLAGS.env):
         return None
@@ -378,6 +384,12 @@ def host_settings_from_flags():
                 )
     elif "ray_address" in values:
         raise errors.ConfigError("--ray_address applies only with --ray_actors=N (N > 0)")
+    if values.get("terminal_on_life_loss") and not atari.is_atari(
+            gymnasium_env.gymnasium_id(FLAGS.env)):
+        raise errors.ConfigError(
+            "--terminal_on_life_loss applies only to Atari games (--env=gymnasium:ALE/"
+            f"<Game>-v5 or envpool:<Game>-v5), got --env={FLAGS.env}"
+        )
     if FLAGS.agent == "a3c" and values.get("deterministic"):
         raise errors.ConfigError(
             "--deterministic does not apply to --agent=a3c: its workers' gradients are "

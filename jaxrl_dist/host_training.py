@@ -80,6 +80,7 @@ class HostSettings:
     stall_timeout_s: float = 120.0  # the learner gives up on an actor silent this long
     ray_actors: int = 0  # Ray actor processes instead of threads (0: threads)
     ray_address: str | None = None  # None: a local Ray instance; auto or host:port
+    terminal_on_life_loss: bool = False  # Atari games: a lost life ends the episode
 
     @property
     def num_threads(self) -> int:
@@ -389,6 +390,7 @@ class HostPath:
         return host_actor.ActorSettings(
             config.env, host.envs_per_thread, config.rollout_len, host.vectorization,
             host.deterministic, self.settings.seed, host.param_refresh_steps,
+            host.terminal_on_life_loss,
         )
 
     def _actor_args(self, index: int, start) -> tuple:

@@ -97,6 +97,7 @@ class ActorSettings(NamedTuple):
     deterministic: bool
     seed: int
     param_refresh_steps: int = 0  # fetch new params after this many of the thread's env steps
+    terminal_on_life_loss: bool = False  # Atari: a lost life ends the episode
 
 
 class ActorThread(threading.Thread):
@@ -140,8 +141,8 @@ class ActorThread(threading.Thread):
         self.to_learner = to_learner
         self.stop = stop
         self.make_env = make_env or (
-            lambda s, seed: gymnasium_env.VectorEnv(
-                s.env, s.envs_per_thread, seed, s.vectorization
+            lambda s, seed: gymnasium_env.make_vector(
+                s.env, s.envs_per_thread, seed, s.vectorization, s.terminal_on_life_loss
             )
         )
         self.finish_fn = finish_fn

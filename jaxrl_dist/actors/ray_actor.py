@@ -135,7 +135,7 @@ def random_action_steps(env: str, envs: int, vectorization: str, duration_s: flo
     from jaxrl_dist.envs import gymnasium_env
 
     spec = gymnasium_env.make_spec(env)
-    vec = gymnasium_env.VectorEnv(env, envs, seed, vectorization)
+    vec = gymnasium_env.make_vector(env, envs, seed, vectorization)
     rng = np.random.default_rng(seed)
     if spec.discrete:
         actions = [rng.integers(0, spec.action_dim, envs) for _ in range(64)]

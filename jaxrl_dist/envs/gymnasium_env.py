@@ -41,6 +41,7 @@ from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode
 
 from jaxrl_dist import errors
+from jaxrl_dist.envs import atari, envpool_env
 
 PREFIX = "gymnasium:"
 VECTORIZATION_MODES = ("sync", "async")
@@ -131,8 +132,27 @@ class FaultLog:
             self._since, self._last = 0, now
 
 
+def make_single(env_id: str, terminal_on_life_loss: bool = False, **kwargs) -> gymnasium.Env:
+    """One env of a Gymnasium id (no ``gymnasium:`` prefix; ``module:EnvId`` imports the
+    module first, as ``gymnasium.make`` does). ``ALE/*`` ids get the Atari preprocessing
+    of ``envs/atari.py`` (``terminal_on_life_loss`` applies to them only); ``kwargs`` go
+    to ``gymnasium.make``.
+
+    Raises:
+      whatever ``gymnasium.make`` raises; ModuleNotFoundError for an ALE id without ale-py.
+    """
+    if atari.is_atari(env_id):
+        return atari.make(env_id, terminal_on_life_loss, **kwargs)
+    return gymnasium.make(env_id, **kwargs)
+
+
+def _guarded_env(env_id: str, terminal_on_life_loss: bool) -> gymnasium.Env:
+    """``make_single`` wrapped in ``ResetGuard`` (module level: async workers unpickle it)."""
+    return ResetGuard(make_single(env_id, terminal_on_life_loss), env_id, terminal_on_life_loss)
+
+
 class ResetGuard(gymnasium.Wrapper):
-    """Retries a ``reset`` that raises: re-makes the env (``gymnasium.make(env_id)``) and
+    """Retries a ``reset`` that raises: re-makes the env (``make_single(env_id)``) and
     resets it with a fresh seed, waiting ``backoff_s`` before each retry.
 
     The number of faults and the last one (``describe``) are added to the info of the
@@ -142,9 +162,12 @@ class ResetGuard(gymnasium.Wrapper):
       EnvFailed: ``MAX_CONSECUTIVE_FAULTS`` tries in a row raised.
     """
 
-    def __init__(self, env: gymnasium.Env, env_id: str):
+    terminal_on_life_loss = False  # (instances pickled before the attribute existed)
+
+    def __init__(self, env: gymnasium.Env, env_id: str, terminal_on_life_loss: bool = False):
         super().__init__(env)
         self.env_id = env_id
+        self.terminal_on_life_loss = terminal_on_life_loss
         self._seed = 0  # the last seed asked for; fresh seeds are derived from it
         self._remakes = 0
 
@@ -157,7 +180,7 @@ class ResetGuard(gymnasium.Wrapper):
                 if faults:
                     with contextlib.suppress(Exception):  # it may be broken
                         self.env.close()
-                    self.env = gymnasium.make(self.env_id)
+                    self.env = make_single(self.env_id, self.terminal_on_life_loss)
                     self._remakes += 1
                     seed = (self._seed + self._remakes * 7_919_993) % 2**31
                 obs, info = self.env.reset(seed=seed, options=options)
@@ -173,13 +196,27 @@ class ResetGuard(gymnasium.Wrapper):
 
 
 def is_gymnasium(env: str) -> bool:
-    """Whether ``env`` names a Gymnasium environment (``gymnasium:<id>``)."""
-    return env.startswith(PREFIX)
+    """Whether ``env`` names a host environment with Gymnasium's API: ``gymnasium:<id>``,
+    or ``envpool:<Game>-v5`` (``envs/envpool_env.py``)."""
+    return env.startswith(PREFIX) or envpool_env.is_envpool(env)
 
 
 def gymnasium_id(env: str) -> str:
-    """``CartPole-v1`` for ``gymnasium:CartPole-v1``."""
+    """``CartPole-v1`` for ``gymnasium:CartPole-v1``; ``ALE/Pong-v5`` for ``envpool:Pong-v5``
+    (the Gymnasium env with the same preprocessing: evaluation and videos use it)."""
+    if envpool_env.is_envpool(env):
+        return envpool_env.gymnasium_id(env)
     return env[len(PREFIX):]
+
+
+def make_vector(env: str, num_envs: int, seed: int, vectorization: str = "sync",
+                terminal_on_life_loss: bool = False):
+    """``VectorEnv`` for ``gymnasium:<id>``, ``envpool_env.EnvPoolVectorEnv`` for
+    ``envpool:<Game>-v5`` (same interface; see their docstrings for what they raise)."""
+    if envpool_env.is_envpool(env):
+        return envpool_env.EnvPoolVectorEnv(env, num_envs, seed, vectorization,
+                                            terminal_on_life_loss)
+    return VectorEnv(env, num_envs, seed, vectorization, terminal_on_life_loss)
 
 
 class EnvSpec(NamedTuple):
@@ -194,6 +231,13 @@ class EnvSpec(NamedTuple):
     action_dim: int  # number of actions (Discrete) or action size (Box)
     discrete: bool
     max_episode_steps: int | None
+    obs_dtype: Any = np.float32  # uint8 for pixel envs (kept uint8 up to the network)
+
+
+def obs_dtype(space: Any) -> Any:
+    """The dtype observations of ``space`` are kept in: uint8 stays uint8 (pixels), any
+    other dtype becomes float32."""
+    return np.uint8 if np.dtype(space.dtype) == np.uint8 else np.float32
 
 
 def make_spec(env: str) -> EnvSpec:
@@ -201,8 +245,12 @@ def make_spec(env: str) -> EnvSpec:
 
     Raises:
       ConfigError: the id is not registered, cannot be built, or its spaces are
-        not a Box observation and a Discrete or 1-D Box action.
+        not a Box observation and a Discrete or 1-D Box action; an ``envpool:`` game
+        EnvPool does not have (or EnvPool is not installed).
     """
+    if envpool_env.is_envpool(env):
+        envpool_env.check(env)
+        return make_spec(PREFIX + envpool_env.gymnasium_id(env))
     env_id = gymnasium_id(env)
     module, _, name = env_id.rpartition(":")  # Gymnasium's own "module:EnvId" form
     if module:
@@ -213,13 +261,19 @@ def make_spec(env: str) -> EnvSpec:
                 f"--env={env}: module {module!r} cannot be imported ({type(e).__name__}: {e})"
             ) from None
         env_id = name
+    if atari.is_atari(env_id):
+        try:
+            atari.register()
+        except ModuleNotFoundError:
+            raise errors.ConfigError(
+                f"--env={env} needs ale-py: pip install -e \".[atari]\"") from None
     if env_id not in gymnasium.registry:
         known = ", ".join(sorted(k for k in gymnasium.registry if "/" not in k)[:12])
         raise errors.ConfigError(
             f"--env={env}: {env_id!r} is not a registered Gymnasium id (e.g. {known}, ...)"
         )
     try:
-        single = gymnasium.make(gymnasium_id(env))
+        single = make_single(gymnasium_id(env))
     except Exception as e:  # noqa: BLE001 - any failure to build the env is bad input
         raise errors.ConfigError(f"--env={env} could not be created: {e}") from None
     try:
@@ -241,7 +295,8 @@ def make_spec(env: str) -> EnvSpec:
         raise errors.ConfigError(
             f"--env={env} has a {name} action space; Discrete or a 1-D Box is supported"
         )
-    return EnvSpec(tuple(obs_space.shape), action_space, action_dim, discrete, max_steps)
+    return EnvSpec(tuple(obs_space.shape), action_space, action_dim, discrete, max_steps,
+                   obs_dtype(obs_space))
 
 
 class Step(NamedTuple):
@@ -277,32 +332,35 @@ class VectorEnv:
     ``EnvFailed`` when a sub-env's reset raised ``MAX_CONSECUTIVE_FAULTS`` times in a row.
     """
 
-    def __init__(self, env: str, num_envs: int, seed: int, vectorization: str = "sync"):
+    def __init__(self, env: str, num_envs: int, seed: int, vectorization: str = "sync",
+                 terminal_on_life_loss: bool = False):
         self.env_id = gymnasium_id(env)
         self.num_envs = num_envs
         self.vectorization = vectorization
+        self.terminal_on_life_loss = terminal_on_life_loss
         self._env = None
         self._faults: list[Any] = [0, None]  # reset faults absorbed, the last (describe)
         self._open(seed)
 
     def _open(self, seed: int) -> None:
-        vector_kwargs: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP}
+        make = functools.partial(_guarded_env, self.env_id, self.terminal_on_life_loss)
         if self.vectorization == "async":
             # Worker processes are spawned, not forked: forking a process that runs
             # JAX's threads can deadlock the child.
-            vector_kwargs["context"] = "spawn"
-        self._env = gymnasium.make_vec(
-            self.env_id, num_envs=self.num_envs, vectorization_mode=self.vectorization,
-            vector_kwargs=vector_kwargs,
-            wrappers=[functools.partial(ResetGuard, env_id=self.env_id)],
-        )
+            self._env = gymnasium.vector.AsyncVectorEnv(
+                [make] * self.num_envs, context="spawn",
+                autoreset_mode=AutoresetMode.SAME_STEP)
+        else:
+            self._env = gymnasium.vector.SyncVectorEnv(
+                [make] * self.num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        self._obs_dtype = obs_dtype(self._env.single_observation_space)
         space = self._env.single_action_space
         self._box_bounds = (
             (space.low, space.high) if type(space).__name__ == "Box" else None
         )
         obs, info = self._env.reset(seed=seed)
         self._note_faults(info)
-        self.obs = np.asarray(obs, np.float32)
+        self.obs = np.asarray(obs, self._obs_dtype)
         self._returns = np.zeros(self.num_envs, np.float64)
         self._lengths = np.zeros(self.num_envs, np.int64)
         self._finished = [0.0, 0.0, 0]  # return sum, length sum, count
@@ -324,10 +382,10 @@ class VectorEnv:
         for i in np.flatnonzero(only):
             with contextlib.suppress(Exception):  # closing a broken env must not raise
                 envs[i].close()
-            envs[i] = ResetGuard(gymnasium.make(self.env_id), self.env_id)
+            envs[i] = _guarded_env(self.env_id, self.terminal_on_life_loss)
             obs, info = envs[i].reset(seed=(seed + int(i)) % 2**31)
             self._note_single(info)
-            self.obs[i] = np.asarray(obs, np.float32)
+            self.obs[i] = obs
             self._returns[i], self._lengths[i] = 0.0, 0
 
     def step(self, action: np.ndarray, only: np.ndarray | None = None) -> Step:
@@ -373,7 +431,7 @@ class VectorEnv:
         """Gymnasium's vector step (``async``): ``(obs, reward, terminated, truncated,
         next_obs)``."""
         obs, reward, terminated, truncated, info = self._env.step(action)
-        obs = np.asarray(obs, np.float32)
+        obs = np.asarray(obs, self._obs_dtype)
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool) & ~terminated
         next_obs = obs
@@ -442,7 +500,8 @@ class VectorEnv:
         for env in self._env.envs:
             env.close()
         self._env.envs = [  # a state saved before ResetGuard existed holds bare envs
-            e if isinstance(e, ResetGuard) else ResetGuard(e, self.env_id) for e in envs
+            e if isinstance(e, ResetGuard)
+            else ResetGuard(e, self.env_id, self.terminal_on_life_loss) for e in envs
         ]
         self._finished = list(finished)
 
@@ -497,7 +556,7 @@ def random_action_sps(
     deadline = [float("inf")]  # set once every thread is ready
 
     def work(k: int) -> None:
-        vec = VectorEnv(env, envs_per_thread, seed + k * envs_per_thread, vectorization)
+        vec = make_vector(env, envs_per_thread, seed + k * envs_per_thread, vectorization)
         rng = np.random.default_rng(seed + k)
         if spec.discrete:
             actions = [rng.integers(0, spec.action_dim, envs_per_thread) for _ in range(64)]
