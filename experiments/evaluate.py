@@ -120,7 +120,7 @@ def video_plan(pi) -> tuple[Video | None, str | None]:
                 "--video_dir needs moviepy to write videos of Gymnasium envs "
                 '(pip install moviepy "gymnasium[classic-control]")'
             ) from None
-        probe = gymnasium_env.gymnasium.make(gymnasium_env.gymnasium_id(env))
+        probe = gymnasium_env.make_single(gymnasium_env.gymnasium_id(env))
         modes = list(probe.metadata.get("render_modes", []))
         probe.close()
         if "rgb_array" not in modes:
@@ -154,11 +154,10 @@ def open_gymnasium_env(pi, video: Video | None):
 
     from jaxrl_dist.envs import gymnasium_env
 
-    gymnasium = gymnasium_env.gymnasium
     env_id = gymnasium_env.gymnasium_id(pi.spec.env)
     if video is None:
-        return gymnasium.make(env_id)
-    env = gymnasium.make(env_id, render_mode="rgb_array")
+        return gymnasium_env.make_single(env_id)
+    env = gymnasium_env.make_single(env_id, render_mode="rgb_array")
     try:
         env.reset(seed=0)
         env.render()
@@ -187,7 +186,7 @@ def gymnasium_episodes(pi, env, episodes: int, greedy: bool, seed: int):
         obs, _ = env.reset(seed=seed + i)
         done = False
         while not done:
-            obs = np.asarray(obs, np.float32)[None]
+            obs = np.asarray(obs)[None]  # uint8 pixels stay uint8 (the policy casts the rest)
             if greedy:
                 action = pi.greedy(obs)
             else:

@@ -139,7 +139,8 @@ class _Episode:
         while True:
             try:
                 if self.env is None:
-                    self.env = self.gym.gymnasium.make(self.env_id)
+                    self.env = self.gym.make_single(self.env_id)
+                    self.dtype = self.gym.obs_dtype(self.env.observation_space)
                     space = self.env.action_space
                     self.bounds = (space.low, space.high) if type(
                         space).__name__ == "Box" else None
@@ -149,7 +150,7 @@ class _Episode:
                 self._fault(e, "reset", faults)
                 time.sleep(self.gym.backoff_s(self.consecutive))
                 continue
-            self.obs = np.asarray(obs, np.float32)
+            self.obs = np.asarray(obs, self.dtype)
             self.ret, self.steps = 0.0, 0
             return
 
@@ -163,7 +164,7 @@ class _Episode:
             self._fault(e, "step", faults)
             return
         self.consecutive = 0
-        self.obs = np.asarray(obs, np.float32)
+        self.obs = np.asarray(obs, self.dtype)
         self.ret += float(reward)
         self.steps += 1
         if terminated or truncated or self.steps >= self.max_steps:

@@ -427,7 +427,7 @@ class HostPath:
         for device in (devices[i] for i in actor_devices):
             put = lambda x, d=device: jax.device_put(x, d)
             params = put(_local(self.state.params))
-            obs = np.zeros((host.envs_per_thread, *self.spec.obs_shape), np.float32)
+            obs = np.zeros((host.envs_per_thread, *self.spec.obs_shape), self.spec.obs_dtype)
             jax.block_until_ready(
                 self.fns.act(params, put(obs), put(jax.random.key(0)), put(env_ids))
             )

@@ -56,8 +56,8 @@ class Policy(NamedTuple):
     ``epsilon``). ``greedy(obs) -> action``: jitted; the distribution's mode (argmax of
     the logits, the Gaussian mean; Ape-X: argmax Q), what the runs' evaluation uses.
 
-    ``obs``: float32 (other dtypes are cast) ``[*batch, *spec.obs_shape]`` with any
-    batch shape, ``[]`` included; ``key``: a ``jax.random.key`` (or a raw ``uint32[2]``
+    ``obs``: float32, or uint8 pixels (other dtypes become float32),
+    ``[*batch, *spec.obs_shape]`` with any batch shape, ``[]`` included; ``key``: a ``jax.random.key`` (or a raw ``uint32[2]``
     key). ``action``: int32 ``[*batch]`` (Discrete) or float32 ``[*batch, action_dim]``
     clipped to the Box's bounds (Box). An ``obs`` whose trailing shape is not
     ``spec.obs_shape`` raises ``ValueError`` when traced.
@@ -262,12 +262,12 @@ def _acting_functions(agent, spec: PolicySpec, epsilon: float | None):
         return jnp.clip(action.astype(jnp.float32), *bounds)
 
     def greedy(params, obs):
-        obs = jnp.asarray(obs, jnp.float32)
+        obs = _as_obs(obs)
         batch_shape(obs)
         return finish(agent.dist.mode(agent.policy(params, obs)))
 
     def act(params, obs, key):
-        obs = jnp.asarray(obs, jnp.float32)
+        obs = _as_obs(obs)
         shape = batch_shape(obs)
         dist, dist_params = agent.dist, agent.policy(params, obs)
         if epsilon is not None:  # Ape-X: policy() gives Q-values
@@ -278,3 +278,10 @@ def _acting_functions(agent, spec: PolicySpec, epsilon: float | None):
         return finish(dist.sample_from_noise(dist_params, noise))
 
     return jax.jit(act), jax.jit(greedy)
+
+
+def _as_obs(obs) -> jax.Array:
+    """``obs`` as the network takes it: uint8 pixels stay uint8 (scaled inside the
+    network), any other dtype becomes float32."""
+    obs = jnp.asarray(obs)
+    return obs if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)

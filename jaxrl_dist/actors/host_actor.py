@@ -430,7 +430,8 @@ class ActorThread(threading.Thread):
 def transition_shapes(spec, act_fn, params, rollout_len: int, envs_per_thread: int):
     """``ShapeDtypeStruct`` pytree of one actor's ``Transition`` ``[T, B, ...]``, for
     ``act_fn`` (an agent's ``act``) at ``params`` on ``spec``'s observations."""
-    obs = jax.ShapeDtypeStruct((envs_per_thread, *spec.obs_shape), np.float32)
+    obs_dtype = getattr(spec, "obs_dtype", np.float32)  # uint8 pixels stay uint8
+    obs = jax.ShapeDtypeStruct((envs_per_thread, *spec.obs_shape), obs_dtype)
     env_ids = jax.ShapeDtypeStruct((envs_per_thread,), np.int32)
     action, log_prob, dist, _ = jax.eval_shape(act_fn, params, obs, jax.random.key(0), env_ids)
 

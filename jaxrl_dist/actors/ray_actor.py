@@ -111,7 +111,7 @@ def _warm_up(agent, act_fn, finish_fn, spec, settings: host_actor.ActorSettings)
     params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                           jax.eval_shape(agent.init_params, jax.random.key(0)))
     envs = settings.envs_per_thread
-    obs = np.zeros((envs, *spec.obs_shape), np.float32)
+    obs = np.zeros((envs, *spec.obs_shape), getattr(spec, "obs_dtype", np.float32))
     env_ids = np.arange(envs, dtype=np.int32)
     jax.block_until_ready(act_fn(params, obs, jax.random.key(0), env_ids))
     if finish_fn is not None:
