@@ -58,7 +58,8 @@ class Policy(NamedTuple):
 
     ``obs``: float32, or uint8 pixels (other dtypes become float32),
     ``[*batch, *spec.obs_shape]`` with any batch shape, ``[]`` included; ``key``: a
-    ``jax.random.key`` (or a raw ``uint32[2]`` key). ``action``: int32 ``[*batch]`` (Discrete) or float32 ``[*batch, action_dim]``
+    ``jax.random.key`` (or a raw ``uint32[2]`` key). ``action``: int32 ``[*batch]``
+    (Discrete) or float32 ``[*batch, action_dim]``
     clipped to the Box's bounds (Box). An ``obs`` whose trailing shape is not
     ``spec.obs_shape`` raises ``ValueError`` when traced.
 
