@@ -216,6 +216,18 @@ def print_table(rows, result) -> None:
     print(json.dumps(result), flush=True)
 
 
+def learner_samples_per_s(config, run) -> float:
+    """Transitions passed through the loss per second of training: each update's batch
+    times its passes (PPO: ``num_epochs``; Ape-X: ``batch_size * learner_steps`` sampled
+    from replay; IMPALA, A2C: the rollout once)."""
+    updates = run["env_steps"] / config.steps_per_update
+    if hasattr(config, "batch_size") and hasattr(config, "learner_steps"):
+        per_update = config.batch_size * config.learner_steps
+    else:
+        per_update = config.steps_per_update * getattr(config, "num_epochs", 1)
+    return updates * per_update / max(run["train_s"], 1e-9)
+
+
 def benchmark_host(config, settings, host, t0) -> None:
     """Host actors: training sps beside the raw random-action rate of the same vector envs.
 
@@ -226,7 +238,7 @@ def benchmark_host(config, settings, host, t0) -> None:
     import numpy as np
 
     from jaxrl_dist import host_training
-    from jaxrl_dist.envs import gymnasium_env
+    from jaxrl_dist.envs import atari, gymnasium_env
 
     runs = []
     for _ in range(FLAGS.repeats):
@@ -249,6 +261,7 @@ def benchmark_host(config, settings, host, t0) -> None:
         from jax.experimental import multihost_utils
 
         raw = float(np.sum(multihost_utils.process_allgather(np.array([raw], np.float64))))
+    frames = atari.FRAME_SKIP if atari.is_atari(gymnasium_env.gymnasium_id(config.env)) else 1
     stages = {
         k.removeprefix("time/"): round(sum(h[k] for h in best["history"]), 2)
         for k in best["history"][0] if k.startswith("time/")
@@ -271,6 +284,9 @@ def benchmark_host(config, settings, host, t0) -> None:
         "sps_all_repeats": [round(r["sps"]) for r in runs],
         "raw_random_action_sps": round(raw),
         "ratio": round(best["sps"] / raw, 3),
+        "frames_per_env_step": frames,
+        "env_frames_per_s": round(best["sps"] * frames),
+        "learner_samples_per_s": round(learner_samples_per_s(config, best)),
         "compile_s": round(best["compile_s"], 2),
         "actors_ready_s": round(best.get("actors_ready_s", 0.0), 2),
         "train_s": round(best["train_s"], 2),
@@ -289,6 +305,10 @@ def benchmark_host(config, settings, host, t0) -> None:
         ("env steps", f"{result['env_steps']:,}"),
         ("training env steps/s (after compile)", f"{result['sps']:,}"),
         ("raw random-action env steps/s", f"{result['raw_random_action_sps']:,}"),
+        ("env frames/s (emulator frames: steps x frame skip)",
+         f"{result['env_frames_per_s']:,}"),
+        ("learner samples/s (transitions through the loss)",
+         f"{result['learner_samples_per_s']:,}"),
         ("ratio (goal >= 0.7; Ray actors: >= 0.8)", f"{result['ratio']}"),
         ("compile (s)", f"{result['compile_s']}"
          + (f"; Ray actor processes up and compiled after {result['actors_ready_s']} s"
