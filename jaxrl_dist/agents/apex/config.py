@@ -1,12 +1,15 @@
 """Ape-X DQN configuration: a frozen dataclass validated before anything compiles."""
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from jaxrl_dist import errors
 from jaxrl_dist.agents import common
 
 OBS_STORAGE = ("float32", "uint8")
+FRAME_STACK_REPLAY = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +28,8 @@ class ApexConfig(common.OnDeviceConfig):
     ``target_update_period`` in learner steps. ``buffer_capacity`` and
     ``batch_size`` are global: each device holds and samples its share.
     ``obs_storage="uint8"`` stores observations as bytes (MinAtar's are 0/1).
+    ``frame_stack_replay`` stores each frame of stacked-frame observations once
+    (``replay.frame_stack``; ``frame_replay_on`` decides "auto").
     """
 
     agent: ClassVar[str] = "apex"
@@ -43,6 +48,15 @@ class ApexConfig(common.OnDeviceConfig):
         "priority_beta_end": "beta at the end (annealed linearly).",
         "priority_eps": "Added to |TD error| so that no transition becomes unsampleable.",
         "obs_storage": "float32, or uint8 (observations stored as bytes; MinAtar's are 0/1).",
+        "frame_stack_replay": "auto, on or off: the replay stores each frame of stacked-frame "
+                              "observations once (uint8 [H, W, C] with C > 1 frames, e.g. "
+                              "Atari's [84, 84, 4]) and rebuilds obs and next_obs when "
+                              "sampling (about one frame per transition instead of 2C); auto "
+                              "= on for uint8 [H, W, C>1] observations.",
+        "frame_replay_slack": "Frame slots beyond one per transition, as a fraction of "
+                              "--buffer_capacity, for whole stacks at episode starts and "
+                              "episodes' final frames (a transition that finds no slot is "
+                              "stored unsampleable, counted in replay/dropped).",
     }
 
     num_envs: int = 16
@@ -67,6 +81,8 @@ class ApexConfig(common.OnDeviceConfig):
     priority_beta_end: float = 0.4  # β is annealed linearly to this over the run
     priority_eps: float = 1e-6  # added to |δ| so that no transition becomes unsampleable
     obs_storage: str = "float32"
+    frame_stack_replay: str = "auto"
+    frame_replay_slack: float = 0.0625  # about 2 extra frames per episode of 32+ steps
 
     def validate(self, num_devices: int = 1) -> "ApexConfig":
         """Checks every value; returns self.
@@ -80,10 +96,12 @@ class ApexConfig(common.OnDeviceConfig):
             "target_update_period",
         )
         common.check_non_negative(
-            self, "learning_starts", "epsilon_alpha", "priority_alpha", "priority_eps"
+            self, "learning_starts", "epsilon_alpha", "priority_alpha", "priority_eps",
+            "frame_replay_slack",
         )
         common.check_unit_interval(self, "epsilon", "priority_beta", "priority_beta_end")
         common.check_choice(self, "obs_storage", OBS_STORAGE)
+        common.check_choice(self, "frame_stack_replay", FRAME_STACK_REPLAY)
         for name in ("buffer_capacity", "batch_size"):
             if getattr(self, name) % num_devices:
                 raise errors.ConfigError(
@@ -108,6 +126,36 @@ class ApexConfig(common.OnDeviceConfig):
                 "it learns"
             )
         return self
+
+
+def frame_replay_on(config: ApexConfig, spec: Any) -> bool:
+    """Whether ``config``'s replay stores frames once for ``spec``'s observations.
+
+    "auto": for uint8 observations ``[H, W, C]`` with ``C > 1`` (stacked frames, newest
+    last: Atari's ``[84, 84, 4]``); "on": for any ``[H, W, C > 1]`` stored as uint8.
+
+    Raises:
+      ConfigError: "on" for observations that are not ``[H, W, C > 1]``, or neither
+        uint8 nor stored as uint8 (``--obs_storage=uint8``).
+    """
+    shape = tuple(spec.obs_shape)
+    stacked = len(shape) == 3 and shape[-1] > 1
+    uint8 = np.dtype(getattr(spec, "obs_dtype", np.float32)) == np.uint8
+    if config.frame_stack_replay == "auto":
+        return stacked and uint8
+    if config.frame_stack_replay == "off":
+        return False
+    if not stacked:
+        raise errors.ConfigError(
+            f"--frame_stack_replay=on needs stacked frames [H, W, C > 1]; --env={config.env} "
+            f"has shape {shape}"
+        )
+    if not (uint8 or config.obs_storage == "uint8"):
+        raise errors.ConfigError(
+            f"--frame_stack_replay=on stores frames as bytes; --env={config.env} has float "
+            "observations: add --obs_storage=uint8 if they are bytes"
+        )
+    return True
 
 
 # Classic control: chosen on CartPole-v1, where n_step=5 solved more seeds than 3

@@ -19,7 +19,9 @@ The host-actor path runs step 2 in the actor threads (``act``,
 ``actor_batch`` on the actor device) and step 3 in ``HostLearner``.
 
 The replay is sharded: each device holds ``buffer_capacity / D`` transitions of
-its own environments and samples ``batch_size / D`` of them per step.
+its own environments and samples ``batch_size / D`` of them per step. For stacked
+frames (``frame_stack_replay``) each shard stores each frame once
+(``replay.frame_stack``) and rebuilds ``obs``/``next_obs`` when sampling.
 """
 
 from typing import Any, NamedTuple
@@ -34,7 +36,7 @@ from jaxrl_dist import distributions, errors, losses, networks, parallel, types
 from jaxrl_dist.actors import rollout as rollout_lib
 from jaxrl_dist.agents import base, on_device
 from jaxrl_dist.agents.apex import config as config_lib
-from jaxrl_dist.replay import prioritized
+from jaxrl_dist.replay import frame_stack, prioritized
 
 TrainState = on_device.TrainState
 
@@ -69,7 +71,7 @@ class ApexState(NamedTuple):
     ``position``/``size`` hold one entry per device; the rest is replicated.
     """
 
-    replay: prioritized.ReplayState
+    replay: prioritized.ReplayState | frame_stack.FrameReplayState
     target_params: types.Params
     learner_steps: jax.Array  # int32 scalar
 
@@ -114,6 +116,9 @@ class Agent(base.Agent):
         self.greedy = distributions.EpsilonGreedy
         self.local_capacity = config.buffer_capacity // num_devices
         self.local_batch = config.batch_size // num_devices
+        self.frame_replay = config_lib.frame_replay_on(config, spec)
+        self.replay_lib = frame_stack if self.frame_replay else prioritized
+        self.obs_storage = jnp.dtype("uint8" if self.frame_replay else config.obs_storage)
         self.acting = rollout_lib.Policy(
             lambda p, obs: distributions.EpsGreedyParams(self.q_values(p[0], obs), p[1]),
             self.greedy.noise, self.greedy.sample_from_noise, self.greedy.log_prob,
@@ -154,13 +159,18 @@ class Agent(base.Agent):
         return ApexState(replay=sharded, target_params=P(), learner_steps=P())
 
     def _example_item(self) -> ReplayItem:
-        obs = jnp.zeros(self.spec.obs_shape, jnp.dtype(self.config.obs_storage))
+        obs = jnp.zeros(self.spec.obs_shape, self.obs_storage)
         zero = jnp.zeros((), jnp.float32)
         return ReplayItem(obs, jnp.zeros((), jnp.int32), zero, zero, obs)
 
     def init_agent_state(self, params: types.Params) -> ApexState:
         # The global view: one replay shard per device, laid end to end.
-        shard = prioritized.init(self._example_item(), self.local_capacity)
+        if self.frame_replay:
+            shard = frame_stack.init(self._example_item(), self.local_capacity,
+                                     self.config.rollout_len, self.local_envs,
+                                     self.config.frame_replay_slack)
+        else:
+            shard = prioritized.init(self._example_item(), self.local_capacity)
         devices = self.num_devices
         replay = jax.tree.map(
             lambda x: jnp.zeros((devices * x.shape[0], *x.shape[1:]), x.dtype)
@@ -212,7 +222,7 @@ class Agent(base.Agent):
             flat(traj.behaviour_dist.q), flat(traj.action), flat(returns),
             flat(bootstrap_discounts), flat(q_next), flat(q_next),
         )
-        storage = jnp.dtype(cfg.obs_storage)
+        storage = self.obs_storage
         items = ReplayItem(
             traj.obs.astype(storage), traj.action.astype(jnp.int32), returns,
             bootstrap_discounts, next_obs.astype(storage),
@@ -248,7 +258,7 @@ class Agent(base.Agent):
         # The storage is read-only here and stays out of the scan's carry (a carried
         # buffer of 1e5+ transitions is copied every iteration).
         replay = state.replay._replace(storage=storage)
-        sample = prioritized.sample(
+        sample = self.replay_lib.sample(
             replay, jax.random.fold_in(key, parallel.axis_index()), self.local_batch, beta
         )
         # Importance weights normalised by their maximum over the *global* batch.
@@ -263,7 +273,7 @@ class Agent(base.Agent):
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ready, a, b), new, old)
         params = keep(optax.apply_updates(params, updates), params)
         opt_state = keep(new_opt_state, opt_state)
-        replay = prioritized.update_priorities(
+        replay = self.replay_lib.update_priorities(
             replay, sample.indices, jnp.abs(td) + cfg.priority_eps, cfg.priority_alpha
         )
         steps = state.learner_steps + ready.astype(jnp.int32)
@@ -300,8 +310,11 @@ class Agent(base.Agent):
         )
         replay = agent_state.replay
         replay = replay._replace(position=replay.position[0], size=replay.size[0])
-        flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
-        replay = prioritized.add(replay, flat.items, flat.priorities, cfg.priority_alpha)
+        if self.frame_replay:  # [T, B]: trajectory b continues the last add's b
+            replay = frame_stack.add(replay, batch.items, batch.priorities, cfg.priority_alpha)
+        else:
+            flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
+            replay = prioritized.add(replay, flat.items, flat.priorities, cfg.priority_alpha)
         state = agent_state._replace(replay=replay)
         beta = self._beta(state.learner_steps // cfg.learner_steps)
         ready = parallel.psum(replay.size) >= cfg.learning_starts
@@ -318,6 +331,10 @@ class Agent(base.Agent):
         metrics.update(base.update_flags(params_finite, step_flags))
         metrics["learner/ready"] = ready.astype(jnp.float32)
         metrics["replay/size"] = parallel.psum(state.replay.size).astype(jnp.float32)
+        if self.frame_replay:  # transitions stored unsampleable for lack of frame slots
+            metrics["replay/dropped"] = parallel.psum(state.replay.book.dropped[0]).astype(
+                jnp.float32
+            )
         metrics["priority/beta"] = beta
         metrics["learner_steps"] = state.learner_steps.astype(jnp.float32)
         replay = state.replay
