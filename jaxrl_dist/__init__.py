@@ -21,7 +21,7 @@ Modules:
   envs           on-device gymnax adapter, Gymnasium vector envs for host actors.
   actors         on-device rollouts, host actor threads, the parameter server.
   replay         prioritized replay (sum tree) as pure functions.
-  networks       flax policy, value and Q networks (MLP or CNN torso).
+  networks       flax policy, value and Q networks (MLP, CNN, Nature or IMPALA torso).
   initializers   orthogonal init without LAPACK (batched LAPACK hangs XLA's CPU pool).
   distributions  categorical, diagonal-Gaussian and ε-greedy action distributions.
   parallel       device mesh and shard_map helpers (the only module that knows meshes).

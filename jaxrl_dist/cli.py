@@ -12,7 +12,7 @@ import sys
 from absl import flags
 
 from jaxrl_dist import config_flags, errors
-from jaxrl_dist.agents import AGENTS
+from jaxrl_dist.agents import AGENTS, common
 
 # Flags of the host-actor layout (``host_training.HostSettings``); only with gymnasium:<id>.
 HOST_FLAGS = (
@@ -491,11 +491,7 @@ def config_from_flags():
         if name not in fields:
             raise errors.ConfigError(f"--{name} does not apply to --agent={FLAGS.agent}")
     config = agents.default_config(FLAGS.agent, FLAGS.env, **overrides)
-    if config.torso == "cnn" and len(obs_shape) != 3:
-        raise errors.ConfigError(
-            f"--torso=cnn needs image observations [H, W, C]; --env={FLAGS.env} has "
-            f"shape {obs_shape}"
-        )
+    common.check_torso_fits(config.torso, obs_shape, FLAGS.env)
     if host:
         from jaxrl_dist import host_training
 

@@ -83,7 +83,12 @@ BAD_INPUTS = [
     (["--agent=a2c", "--optimizer=sgd"], "--optimizer must be one of adam, rmsprop"),
     (["--agent=a2c", "--gamma=1.5"], "--gamma must be in [0, 1]"),
     (["--torso=cnn"], "--torso=cnn needs image observations [H, W, C]; --env=CartPole-v1"),
-    (["--torso=rnn"], "--torso must be one of mlp, cnn"),
+    (["--torso=rnn"], "--torso must be one of mlp, cnn, nature, impala"),
+    (["--torso=nature"], "--torso=nature needs image observations [H, W, C]; --env=CartPole-v1"),
+    (["--env=Breakout-MinAtar", "--torso=nature"],
+     "--torso=nature needs images of at least 36x36 (H, W); --env=Breakout-MinAtar has shape "
+     "(10, 10, 4)"),
+    (["--hidden_sizes="], "--hidden_sizes must be positive integers, got ()"),
     (["--lr=-0.1"], "--lr must be > 0"),
     (["--lr=0"], "--lr must be > 0"),
     (["--total_steps=0"], "--total_steps must be > 0"),

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import distributions, errors, networks, tuning, types
+from jaxrl_dist import distributions, networks, tuning, types
 from jaxrl_dist.actors import rollout as rollout_lib
 from jaxrl_dist.agents import common
 
@@ -155,13 +155,10 @@ class Agent:
         self.local_envs = config.num_envs // num_devices
         self.tuning = tuning_ or tuning.for_default_backend()
         self.dist = distributions.for_action_space(spec.action_space)
-        obs_ndim = len(spec.obs_shape)
-        if config.torso == "cnn" and obs_ndim != 3:
-            raise errors.ConfigError(
-                f"--torso=cnn needs image observations [H, W, C]; --env={config.env} has "
-                f"shape {tuple(spec.obs_shape)}"
-            )
-        self._build_networks(obs_ndim)
+        common.check_torso_fits(config.torso, spec.obs_shape, config.env)
+        # A pixel torso is shared by the policy and value heads (``networks.ActorCritic``).
+        self.shared_torso = config.torso in common.PIXEL_TORSOS
+        self._build_networks(len(spec.obs_shape))
         # The update rule acts on ONE flat vector of all parameters: every parameter
         # leaf would otherwise cost its own few small kernels per step.
         self.flat_optimizer = self._make_optimizer()
@@ -205,8 +202,18 @@ class Agent:
         raise NotImplementedError
 
     def _build_networks(self, obs_ndim: int) -> None:
-        """Creates the agent's flax modules (default: separate policy and value MLPs)."""
+        """Creates the agent's flax modules (default: separate policy and value networks;
+        one ``networks.ActorCritic`` with a pixel torso) and ``policy_key``, the entry
+        of ``params`` that the policy reads."""
         config, dot_general = self.config, self.tuning.dot_general
+        if self.shared_torso:
+            self.policy_key = "actor_critic"
+            self.actor_critic_net = networks.ActorCritic(
+                config.hidden_sizes, self.spec.action_dim, self.dist.discrete,
+                config.activation, config.torso, dot_general,
+            )
+            return
+        self.policy_key = "policy"
         self.policy_net = networks.PolicyNetwork(
             config.hidden_sizes, self.spec.action_dim, self.dist.discrete, config.activation,
             obs_ndim=obs_ndim, torso=config.torso, dot_general=dot_general,
@@ -274,27 +281,51 @@ class Agent:
             opt = optax.rmsprop(lr, decay=0.99, eps=cfg.opt_eps)
         return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
 
+    def _actor_critic(self, params: types.Params, method: str, *obs: jax.Array):
+        return self.actor_critic_net.apply(params["actor_critic"], *obs, method=method)
+
     def policy(self, params: types.Params, obs: jax.Array) -> Any:
         """Distribution parameters of π(·|obs) for ``obs`` ``[..., *obs_shape]``."""
+        if self.shared_torso:
+            return self._actor_critic(params, "policy", obs)
         return self.policy_net.apply(params["policy"], obs)
 
     def value(self, params: types.Params, obs: jax.Array) -> jax.Array:
         """V(obs), ``[...]`` float32."""
+        if self.shared_torso:
+            return self._actor_critic(params, "value", obs)
         return self.value_net.apply(params["value"], obs)
+
+    def policy_and_value(self, params: types.Params, obs: jax.Array) -> tuple[Any, jax.Array]:
+        """``(policy(params, obs), value(params, obs))``; a shared torso runs once."""
+        if self.shared_torso:
+            return self._actor_critic(params, "policy_and_value", obs)
+        return self.policy(params, obs), self.value(params, obs)
 
     def values_and_next_values(self, params, traj: types.Transition):
         """``V(x_t)`` and ``V(x'_{t+1})`` (the true, pre-reset successor) in one batched call."""
         all_values = self.value(params, jnp.concatenate([traj.obs, traj.next_obs], axis=0))
         return jnp.split(all_values, 2, axis=0)
 
+    def policy_and_values(self, params, traj: types.Transition):
+        """``(π(·|x_t), V(x_t), V(x'_{t+1}))`` on ``traj`` ``[T, B, ...]``; a shared torso
+        runs once over ``x_t`` and ``x'_{t+1}`` together."""
+        if self.shared_torso:
+            return self._actor_critic(params, "policy_and_values", traj.obs, traj.next_obs)
+        values, next_values = self.values_and_next_values(params, traj)
+        return self.policy(params, traj.obs), values, next_values
+
     def discounts(self, traj: types.Transition) -> jax.Array:
         """``γ_t = γ·(1 − terminated_t)``: termination stops bootstrapping, truncation does not."""
         return self.config.gamma * (1.0 - traj.terminated.astype(jnp.float32))
 
     def init_params(self, key: jax.Array) -> types.Params:
-        """Fresh ``{"policy", "value"}`` parameters for one seed."""
+        """Fresh ``{"policy", "value"}`` parameters for one seed (``{"actor_critic"}``
+        with a shared pixel torso)."""
         policy_key, value_key, _ = jax.random.split(key, 3)
         dummy_obs = jnp.zeros(self.spec.obs_shape, jnp.float32)
+        if self.shared_torso:
+            return {"actor_critic": self.actor_critic_net.init(policy_key, dummy_obs)}
         return {
             "policy": self.policy_net.init(policy_key, dummy_obs),
             "value": self.value_net.init(value_key, dummy_obs),

@@ -7,7 +7,10 @@ from typing import ClassVar
 from jaxrl_dist import errors
 
 ACTIVATIONS = ("tanh", "relu")
-TORSOS = ("mlp", "cnn")
+TORSOS = ("mlp", "cnn", "nature", "impala")
+# Pixel torsos: image observations [H, W, C]; the policy and value heads share them.
+PIXEL_TORSOS = ("nature", "impala")
+NATURE_MIN_SIZE = 36  # H, W: the Nature torso's VALID convolutions need it to leave 1x1
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -35,9 +38,14 @@ class OnDeviceConfig:
         "ent_coef": "Weight of the entropy bonus.",
         "max_grad_norm": "Gradients are clipped to this global norm.",
         "normalize_advantages": "Normalize advantages over each gradient step's global batch.",
-        "hidden_sizes": "Widths of the hidden layers, comma-separated (e.g. 64,64).",
+        "hidden_sizes": "Widths of the hidden layers after the torso, comma-separated (e.g. "
+                        "64,64); may be empty with --torso=nature or impala.",
         "activation": "tanh or relu.",
-        "torso": "mlp, or cnn (a 3x3x16 convolution first; image observations).",
+        "torso": "mlp; or, for image observations [H, W, C]: cnn (MinAtar's 3x3x16 "
+                 "convolution), nature (Mnih et al. 2015's DQN torso, dense 512; H, W >= 36) "
+                 "or impala (Espeholt et al. 2018's residual torso, dense 256); nature and "
+                 "impala are shared by the policy and value heads and scale uint8 pixels "
+                 "by 1/255.",
     }
 
     env: str = "CartPole-v1"
@@ -55,7 +63,7 @@ class OnDeviceConfig:
     normalize_advantages: bool = False  # over the whole (global) batch of each gradient step
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
-    torso: str = "mlp"  # "cnn": a 3x3x16 convolution first (image observations)
+    torso: str = "mlp"  # or cnn, nature, impala (image observations; see HELP)
 
     @property
     def steps_per_update(self) -> int:
@@ -78,7 +86,9 @@ class OnDeviceConfig:
         check_choice(self, "activation", ACTIVATIONS)
         check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "torso", TORSOS)
-        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+        if any(h <= 0 for h in self.hidden_sizes) or not (
+            self.hidden_sizes or self.torso in PIXEL_TORSOS
+        ):
             raise errors.ConfigError(
                 f"--hidden_sizes must be positive integers, got {self.hidden_sizes!r}"
             )
@@ -93,6 +103,23 @@ class OnDeviceConfig:
                 f"got {self.total_steps}"
             )
         return self
+
+
+def check_torso_fits(torso: str, obs_shape: tuple[int, ...], env: str) -> None:
+    """Raises ConfigError unless ``--torso=torso`` takes ``env``'s observations of
+    ``obs_shape``: ``cnn``/``nature``/``impala`` need images ``[H, W, C]``, and
+    ``nature`` needs ``H, W >= NATURE_MIN_SIZE``."""
+    obs_shape = tuple(obs_shape)
+    if torso in ("cnn", *PIXEL_TORSOS) and len(obs_shape) != 3:
+        raise errors.ConfigError(
+            f"--torso={torso} needs image observations [H, W, C]; --env={env} has shape "
+            f"{obs_shape} (--torso=mlp takes any)"
+        )
+    if torso == "nature" and min(obs_shape[:2]) < NATURE_MIN_SIZE:
+        raise errors.ConfigError(
+            f"--torso=nature needs images of at least {NATURE_MIN_SIZE}x{NATURE_MIN_SIZE} "
+            f"(H, W); --env={env} has shape {obs_shape} (--torso=impala or cnn takes them)"
+        )
 
 
 def check_positive_ints(config, *names: str) -> None:

@@ -65,9 +65,8 @@ class Agent(base.Agent):
     # -------------------------------------------------------------- update
     def _loss(self, params, traj: types.Transition):
         cfg = self.config
-        dist = self.policy(params, traj.obs)
+        dist, values, next_values = self.policy_and_values(params, traj)
         log_probs = self.dist.log_prob(dist, traj.action)
-        values, next_values = self.values_and_next_values(params, traj)
         pg_advantages, value_targets, metrics = self.targets(
             traj, jax.lax.stop_gradient(log_probs), jax.lax.stop_gradient(values),
             jax.lax.stop_gradient(next_values),

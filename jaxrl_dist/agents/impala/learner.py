@@ -23,7 +23,8 @@ class Agent(a2c_learner.Agent):
     policy gradient (sec. 4.2), baseline loss and entropy bonus; one gradient step per update.
 
     ``state.agent_state`` is the behaviour policy's parameters ``[L, ...]`` of the
-    last ``L = policy_lag`` updates, oldest first (``()`` when ``L = 0``).
+    last ``L = policy_lag`` updates, oldest first (``()`` when ``L = 0``): the
+    ``policy_key`` entry of the params (with a shared pixel torso, the whole network).
 
     Args:
       config: an ``ImpalaConfig``.
@@ -42,12 +43,14 @@ class Agent(a2c_learner.Agent):
         lag = self.config.policy_lag
         if lag == 0:
             return ()
-        return jax.tree.map(lambda x: jnp.broadcast_to(x, (lag, *x.shape)), params["policy"])
+        return jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (lag, *x.shape)), params[self.policy_key]
+        )
 
     def acting_params(self, state: TrainState) -> types.Params:
         if self.config.policy_lag == 0:
             return state.params
-        return {"policy": jax.tree.map(lambda x: x[0], state.agent_state)}
+        return {self.policy_key: jax.tree.map(lambda x: x[0], state.agent_state)}
 
     def next_agent_state(self, state: TrainState):
         # At update u the buffer holds θ_{u-L}..θ_{u-1}; push θ_u (this update's
@@ -56,7 +59,7 @@ class Agent(a2c_learner.Agent):
             return ()
         return jax.tree.map(
             lambda old, current: jnp.concatenate([old[1:], current[None]]),
-            state.agent_state, state.params["policy"],
+            state.agent_state, state.params[self.policy_key],
         )
 
     def targets(self, traj: types.Transition, log_probs, values, next_values):

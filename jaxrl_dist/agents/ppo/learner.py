@@ -63,7 +63,7 @@ class Agent(base.Agent):
     # ---------------------------------------------------------------- update
     def _loss(self, params, batch: Batch, advantage: jax.Array, kl_beta: jax.Array):
         cfg = self.config
-        dist = self.policy(params, batch.obs)
+        dist, value = self.policy_and_value(params, batch.obs)
         log_prob = self.dist.log_prob(dist, batch.action)
         log_ratio = log_prob - batch.behaviour_log_prob
         ratio = jnp.exp(log_ratio)
@@ -80,7 +80,7 @@ class Agent(base.Agent):
             )
             clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > cfg.clip_eps).astype(jnp.float32))
         v_loss = losses.value_loss(
-            self.value(params, batch.obs),
+            value,
             batch.behaviour_value,
             batch.target,
             cfg.clip_eps if cfg.clip_value else None,
