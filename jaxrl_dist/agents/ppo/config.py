@@ -106,6 +106,11 @@ ENV_DEFAULTS: dict[str, dict] = {
     "MountainCar-v0": dict(_CLASSIC, total_steps=1_000_000),
     **{env: _CONTINUOUS for env in common.CONTINUOUS_ENVS},
     **{env: _MINATAR for env in common.MINATAR_ENVS},
+    # gymnax-blines' agents/Breakout-MinAtar/ppo.yaml (the figure gymnax reports):
+    # gamma 0.999 and a constant Adam 5e-4 (its lr_begin = lr_end); the rest is
+    # _MINATAR (64 x 128, 4 epochs x 8 minibatches, clip 0.2, lambda 0.95,
+    # entropy 0.01, separate 256-256 ReLU MLPs). docs/benchmarks/learning.md.
+    "Breakout-MinAtar": dict(_MINATAR, gamma=0.999, anneal_lr=False),
 }
 
 
