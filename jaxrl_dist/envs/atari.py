@@ -47,6 +47,11 @@ def register() -> None:
     gymnasium.register_envs(ale_py)
 
 
+def game_ids() -> list[str]:
+    """Every ``ALE/<Game>-v5`` id (after ``register``)."""
+    return sorted(i for i in gymnasium.registry if is_atari(i) and i.endswith("-v5"))
+
+
 def make(env_id: str, terminal_on_life_loss: bool = False, **kwargs) -> gymnasium.Env:
     """One preprocessed ALE env: observations uint8 ``[84, 84, 4]``, Discrete actions.
 

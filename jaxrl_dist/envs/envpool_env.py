@@ -43,15 +43,18 @@ def check(env: str) -> None:
     """
     try:
         import envpool
+
+        atari.register()  # evaluation and videos play the Gymnasium ALE env
     except ModuleNotFoundError:
         raise errors.ConfigError(
-            f'--env={env} needs EnvPool: pip install -e ".[envpool]"') from None
+            f'--env={env} needs EnvPool and ale-py: pip install -e ".[envpool]"') from None
     task = env[len(PREFIX):]
-    games = sorted(e for e in envpool.list_all_envs() if e.endswith("-v5"))
+    games = sorted(set(envpool.list_all_envs())
+                   & {i.removeprefix(atari.PREFIX) for i in atari.game_ids()})
     if task not in games:
         raise errors.ConfigError(
-            f"--env={env}: {task!r} is not an EnvPool Atari game (e.g. "
-            f"{', '.join(games[:6])}, ...)")
+            f"--env={env}: {task!r} is not an Atari game EnvPool has (e.g. Pong-v5, "
+            f"Breakout-v5; {len(games)} in all)")
 
 
 class EnvPoolVectorEnv:

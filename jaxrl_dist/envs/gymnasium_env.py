@@ -267,6 +267,10 @@ def make_spec(env: str) -> EnvSpec:
         except ModuleNotFoundError:
             raise errors.ConfigError(
                 f"--env={env} needs ale-py: pip install -e \".[atari]\"") from None
+    if atari.is_atari(env_id) and env_id not in gymnasium.registry:
+        raise errors.ConfigError(
+            f"--env={env}: {env_id!r} is not an ALE game (e.g. ALE/Pong-v5, ALE/Breakout-v5; "
+            f"{len(atari.game_ids())} in all)")
     if env_id not in gymnasium.registry:
         known = ", ".join(sorted(k for k in gymnasium.registry if "/" not in k)[:12])
         raise errors.ConfigError(
