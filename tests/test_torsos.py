@@ -4,6 +4,7 @@ a learner step of PPO, IMPALA and Ape-X with each, an A3C worker gradient, and t
 refusals."""
 
 import math
+from types import SimpleNamespace
 
 import gymnasium
 import jax
@@ -247,10 +248,6 @@ def test_refusals_are_one_line(agent, torso, obs_shape, overrides, match):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agents/apex/learner.py: actor_batch stores obs as --obs_storage and _loss casts them "
-    "to float32 before q_values, so a pixel torso's learner sees unscaled 0..255 floats "
-    "where the actors' network saw scaled uint8"))
 def test_apex_learner_sees_the_pixels_the_actors_saw():
     from jaxrl_dist.agents.apex import learner as apex
 
@@ -264,6 +261,10 @@ def test_apex_learner_sees_the_pixels_the_actors_saw():
     _, (_, q_mean) = agent._loss(params, params, items, jnp.ones(4))
     q_acting = jnp.take_along_axis(agent.q_values(params, obs), action[:, None], axis=-1)
     np.testing.assert_allclose(q_mean, jnp.mean(q_acting), rtol=1e-5)
+    # A host env's uint8 pixels are stored as uint8 (not --obs_storage's float32).
+    pixel_spec = SimpleNamespace(**image_spec((12, 12, 4))._asdict(), obs_dtype=np.uint8)
+    pixel_agent = agents.make_agent(agent.config, pixel_spec)
+    assert pixel_agent.obs_storage == jnp.uint8
 
 
 def test_impala_torso_takes_minatar_sized_images():

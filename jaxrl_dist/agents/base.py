@@ -319,6 +319,12 @@ class Agent:
         """``γ_t = γ·(1 − terminated_t)``: termination stops bootstrapping, truncation does not."""
         return self.config.gamma * (1.0 - traj.terminated.astype(jnp.float32))
 
+    def rewards(self, traj: types.Transition) -> jax.Array:
+        """``r_t`` as the loss uses it: clipped to ``[-c, c]`` with ``reward_clip = c > 0``
+        (Mnih et al. 2015, Methods; Espeholt et al. 2018, Sec. 5.3), else as stepped."""
+        c = self.config.reward_clip
+        return jnp.clip(traj.reward, -c, c) if c > 0 else traj.reward
+
     def init_params(self, key: jax.Array) -> types.Params:
         """Fresh ``{"policy", "value"}`` parameters for one seed (``{"actor_critic"}``
         with a shared pixel torso)."""

@@ -46,6 +46,9 @@ class OnDeviceConfig:
                  "or impala (Espeholt et al. 2018's residual torso, dense 256); nature and "
                  "impala are shared by the policy and value heads and scale uint8 pixels "
                  "by 1/255.",
+        "reward_clip": "Rewards are clipped to [-c, c] in the learner (0: not clipped); "
+                       "episode returns are logged unclipped. Atari defaults: 1 (IMPALA, "
+                       "Ape-X, A2C/A3C, PPO, as their papers and baselines do).",
     }
 
     env: str = "CartPole-v1"
@@ -64,6 +67,7 @@ class OnDeviceConfig:
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     torso: str = "mlp"  # or cnn, nature, impala (image observations; see HELP)
+    reward_clip: float = 0.0  # rewards clipped to [-c, c] in the learner (0: off)
 
     @property
     def steps_per_update(self) -> int:
@@ -82,7 +86,7 @@ class OnDeviceConfig:
         check_positive_ints(self, "num_envs", "rollout_len", "total_steps")
         check_positive_floats(self, "lr", "opt_eps")
         check_unit_interval(self, "gamma")
-        check_non_negative(self, "vf_coef", "ent_coef", "max_grad_norm")
+        check_non_negative(self, "vf_coef", "ent_coef", "max_grad_norm", "reward_clip")
         check_choice(self, "activation", ACTIVATIONS)
         check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "torso", TORSOS)
@@ -169,13 +173,24 @@ MINATAR_ENVS = (
 )
 
 
+ATARI = "atari"  # the ENV_DEFAULTS key of every Atari game
+
+
+def is_atari(env: str) -> bool:
+    """Whether ``env`` is an Atari game of the host path (``envs/atari.py``)."""
+    return env.startswith(("gymnasium:ALE/", "envpool:"))
+
+
 def make_default_config(config_cls, env_defaults: dict[str, dict], env: str, **overrides):
     """``config_cls`` with ``env_defaults[env]`` (or the class defaults) and ``overrides``.
 
     ``None`` overrides are ignored (an unset flag). ``gymnasium:<id>`` takes the
-    defaults of the gymnax ``<id>`` unless it has its own entry.
+    defaults of the gymnax ``<id>`` unless it has its own entry; every Atari game
+    (``gymnasium:ALE/<Game>-v5``, ``envpool:<Game>-v5``) takes ``env_defaults[ATARI]``.
     """
     key = env if env in env_defaults else env.removeprefix("gymnasium:")
+    if key not in env_defaults and is_atari(env):
+        key = ATARI
     values = dict(env_defaults.get(key, {}), env=env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return config_cls(**values)

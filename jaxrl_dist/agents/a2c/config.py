@@ -47,6 +47,11 @@ _MINATAR = dict(
 ENV_DEFAULTS: dict[str, dict] = {
     **{env: _CLASSIC for env in common.CLASSIC_ENVS + common.CONTINUOUS_ENVS},
     **{env: _MINATAR for env in common.MINATAR_ENVS},
+    # Mnih et al. 2016 (Atari): t_max 5, RMSProp 7e-4, entropy 0.01, rewards clipped.
+    common.ATARI: dict(
+        rollout_len=5, total_steps=10_000_000, lr=7e-4, torso="nature", hidden_sizes=(),
+        activation="relu", reward_clip=1.0,
+    ),
 }
 
 

@@ -57,7 +57,7 @@ class Agent(base.Agent):
         """
         del log_probs
         advantages, returns = losses.gae(
-            traj.reward, values, next_values, self.discounts(traj), traj.truncated,
+            self.rewards(traj), values, next_values, self.discounts(traj), traj.truncated,
             self.config.gae_lambda,
         )
         return advantages, returns, {}

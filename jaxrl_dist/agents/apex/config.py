@@ -172,6 +172,15 @@ _MINATAR = dict(
 ENV_DEFAULTS: dict[str, dict] = {
     **{env: _CLASSIC for env in common.CLASSIC_ENVS},
     **{env: _MINATAR for env in common.MINATAR_ENVS},
+    # Horgan et al. 2018 (Atari): 3-step double-Q dueling, Adam 0.00025/4 (eps 1.5e-4),
+    # batch 512, target every 2500 learner steps, rewards clipped; the Nature torso.
+    # 1e6 transitions (the paper: 2e6) take about 7.5 GB with frames stored once.
+    common.ATARI: dict(
+        rollout_len=8, total_steps=10_000_000, lr=6.25e-5, opt_eps=1.5e-4, n_step=3,
+        torso="nature", hidden_sizes=(), buffer_capacity=1_000_000, batch_size=512,
+        learner_steps=1, learning_starts=50_000, target_update_period=2_500,
+        reward_clip=1.0,
+    ),
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -118,7 +119,10 @@ class Agent(base.Agent):
         self.local_batch = config.batch_size // num_devices
         self.frame_replay = config_lib.frame_replay_on(config, spec)
         self.replay_lib = frame_stack if self.frame_replay else prioritized
-        self.obs_storage = jnp.dtype("uint8" if self.frame_replay else config.obs_storage)
+        # uint8 pixels are stored as they come: the pixel torsos scale uint8 by 1/255.
+        pixels = np.dtype(getattr(spec, "obs_dtype", np.float32)) == np.uint8
+        self.obs_storage = jnp.dtype(
+            "uint8" if self.frame_replay or pixels else config.obs_storage)
         self.acting = rollout_lib.Policy(
             lambda p, obs: distributions.EpsGreedyParams(self.q_values(p[0], obs), p[1]),
             self.greedy.noise, self.greedy.sample_from_noise, self.greedy.log_prob,
@@ -210,7 +214,7 @@ class Agent(base.Agent):
         cfg = self.config
         discounts = self.discounts(traj)
         returns, bootstrap_discounts, steps = losses.n_step_returns(
-            traj.reward, discounts, traj.truncated, cfg.n_step
+            self.rewards(traj), discounts, traj.truncated, cfg.n_step
         )
         gather = lambda x: jnp.take_along_axis(
             x, steps.reshape(steps.shape + (1,) * (x.ndim - 2)), axis=0
@@ -242,9 +246,10 @@ class Agent(base.Agent):
         return cfg.priority_beta + fraction * (cfg.priority_beta_end - cfg.priority_beta)
 
     def _loss(self, params, target_params, items: ReplayItem, weights):
-        obs = jnp.concatenate([items.obs, items.next_obs]).astype(jnp.float32)
+        # Stored dtype as is: the torsos cast (uint8 pixels are scaled by the pixel torsos).
+        obs = jnp.concatenate([items.obs, items.next_obs])
         q_tm1, q_t_online = jnp.split(self.q_values(params, obs), 2)
-        q_t_target = self.q_values(target_params, items.next_obs.astype(jnp.float32))
+        q_t_target = self.q_values(target_params, items.next_obs)
         td = losses.double_q_td_error(
             q_tm1, items.action, items.reward, items.discount, q_t_target, q_t_online
         )

@@ -80,6 +80,14 @@ _MINATAR = dict(
 ENV_DEFAULTS: dict[str, dict] = {
     **{env: _CLASSIC for env in common.CLASSIC_ENVS + common.CONTINUOUS_ENVS},
     **{env: _MINATAR for env in common.MINATAR_ENVS},
+    # Espeholt et al. 2018, Table G.1 (Atari): 20 steps, RMSProp 6e-4 (eps 0.01)
+    # annealed, entropy 0.01, gradient norm 40, rewards clipped to [-1, 1]; the Nature
+    # torso (--torso=impala: the paper's deep network).
+    common.ATARI: dict(
+        rollout_len=20, total_steps=10_000_000, optimizer="rmsprop", lr=6e-4, opt_eps=0.01,
+        ent_coef=0.01, max_grad_norm=40.0, torso="nature", hidden_sizes=(),
+        activation="relu", reward_clip=1.0,
+    ),
 }
 
 

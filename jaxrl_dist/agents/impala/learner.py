@@ -67,7 +67,7 @@ class Agent(a2c_learner.Agent):
         cfg = self.config
         log_rhos = log_probs - traj.behaviour_log_prob
         vtrace = losses.vtrace(
-            log_rhos, self.discounts(traj), traj.reward, values, None,
+            log_rhos, self.discounts(traj), self.rewards(traj), values, None,
             clip_rho_threshold=cfg.clip_rho_threshold,
             clip_c_threshold=cfg.clip_c_threshold,
             clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,

@@ -111,6 +111,13 @@ ENV_DEFAULTS: dict[str, dict] = {
     # _MINATAR (64 x 128, 4 epochs x 8 minibatches, clip 0.2, lambda 0.95,
     # entropy 0.01, separate 256-256 ReLU MLPs). docs/benchmarks/learning.md.
     "Breakout-MinAtar": dict(_MINATAR, gamma=0.999, anneal_lr=False),
+    # Schulman et al. 2017, Table 5 (Atari), as CleanRL's ppo_atari: 128 steps, 4
+    # epochs x 4 minibatches, clip 0.1, lr 2.5e-4 annealed, the Nature torso.
+    common.ATARI: dict(
+        rollout_len=128, total_steps=10_000_000, num_epochs=4, num_minibatches=4,
+        clip_eps=0.1, ent_coef=0.01, lr=2.5e-4, torso="nature", hidden_sizes=(),
+        activation="relu", reward_clip=1.0,
+    ),
 }
 
 

@@ -162,7 +162,7 @@ class Agent(base.Agent):
         )
         values, next_values = self.values_and_next_values(params, traj)
         advantages, targets = losses.gae(
-            traj.reward, values, next_values, self.discounts(traj), traj.truncated,
+            self.rewards(traj), values, next_values, self.discounts(traj), traj.truncated,
             cfg.gae_lambda,
         )
         batch = Batch(
