@@ -140,3 +140,26 @@ def test_bad_atari_ids_are_one_line_errors():
     pytest.importorskip("envpool")
     with pytest.raises(errors.ConfigError, match="is not an Atari game EnvPool has"):
         envpool_env.check("envpool:CartPole-v1")
+
+
+def test_a_short_ppo_run_on_pong_with_the_nature_torso_through_train_py(tmp_path):
+    """train.py end to end on a real ROM: uint8 frames from the env to the Nature torso,
+    Atari defaults (rewards clipped in the learner), greedy evaluation of a whole game."""
+    import json
+
+    from tests import multiprocess as mp
+
+    workdir = tmp_path / "pong"
+    proc = mp.start(mp.TRAIN, [
+        "--agent=ppo", "--env=gymnasium:ALE/Pong-v5", "--torso=nature", "--total_steps=256",
+        "--actor_threads=1", "--envs_per_thread=4", "--rollout_len=64", "--num_epochs=1",
+        "--num_minibatches=2", "--eval_episodes=1", "--log_points=1",
+        "--compilation_cache=", f"--workdir={workdir}"])
+    (rc, out, err), = mp.wait_all([proc], timeout=300)
+    assert rc == 0, err[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["torso"] == "nature" and config["reward_clip"] == 1.0
+    summary = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["env_steps"] == 256
+    assert -21.0 <= summary["eval/episode_return"] <= 21.0  # one whole game of Pong
+    assert len(summary["params_sha256"]) == 64
