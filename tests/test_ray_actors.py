@@ -143,7 +143,8 @@ RAY_LEARNING = {
     "ppo_sigkill": ("ppo", 2, 8, True, 100_000, dict(rollout_len=64, total_steps=500_000)),
     "apex": ("apex", 2, 16, True, 0, dict(rollout_len=8, learner_steps=8,
                                           total_steps=500_000)),
-    "a3c": ("a3c", 2, 16, False, 0, dict(rollout_len=16, total_steps=1_000_000)),
+    # A3C's t_max = 5 (the default): t_max = 16 ended at 187.7 (CI) and 250.7.
+    "a3c": ("a3c", 2, 16, False, 0, dict(total_steps=1_000_000)),
 }
 
 
