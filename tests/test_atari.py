@@ -5,6 +5,9 @@ Mnih et al. 2015 (Methods): no-ops at reset, each action repeated 4 times, the m
 the last two grayscale frames, resized to 84×84 (INTER_AREA), the last 4 such frames.
 """
 
+import json
+import sys
+
 import cv2
 import gymnasium
 import numpy as np
@@ -142,21 +145,34 @@ def test_bad_atari_ids_are_one_line_errors():
         envpool_env.check("envpool:CartPole-v1")
 
 
-def test_a_short_ppo_run_on_pong_with_the_nature_torso_through_train_py(tmp_path):
-    """train.py end to end on a real ROM: uint8 frames from the env to the Nature torso,
-    Atari defaults (rewards clipped in the learner), greedy evaluation of a whole game."""
-    import json
+PONG_TEST = "test_a_short_ppo_run_on_pong_with_the_nature_torso_through_train_py"
 
+
+PONG_ARGS = [
+    "--agent=ppo", "--env=gymnasium:ALE/Pong-v5", "--torso=nature", "--total_steps=256",
+    "--actor_threads=1", "--envs_per_thread=4", "--rollout_len=64", "--num_epochs=1",
+    "--num_minibatches=2", "--eval_episodes=1", "--log_points=1", "--compilation_cache="]
+
+
+def background_runs(items, tmp_path_factory):
+    """The Pong run goes to conftest's background runs (a subprocess, on the core the
+    in-process tests leave free)."""
     from tests import multiprocess as mp
 
-    workdir = tmp_path / "pong"
-    proc = mp.start(mp.TRAIN, [
-        "--agent=ppo", "--env=gymnasium:ALE/Pong-v5", "--torso=nature", "--total_steps=256",
-        "--actor_threads=1", "--envs_per_thread=4", "--rollout_len=64", "--num_epochs=1",
-        "--num_minibatches=2", "--eval_episodes=1", "--log_points=1",
-        "--compilation_cache=", f"--workdir={workdir}"])
-    (rc, out, err), = mp.wait_all([proc], timeout=300)
-    assert rc == 0, err[-3000:]
+    if not any(item.originalname == PONG_TEST for item in items):
+        return []
+    workdir = tmp_path_factory.mktemp("pong") / "run"
+    return [dict(key="pong", argv=[sys.executable, mp.TRAIN, *PONG_ARGS,
+                                   f"--workdir={workdir}"],
+                 env=mp.child_env(1), cwd=mp.ROOT, timeout=300, workdir=workdir)]
+
+
+def test_a_short_ppo_run_on_pong_with_the_nature_torso_through_train_py(background):
+    """train.py end to end on a real ROM: uint8 frames from the env to the Nature torso,
+    Atari defaults (rewards clipped in the learner), greedy evaluation of a whole game."""
+    result = background.result("pong")
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = background.job("pong")["workdir"]
     config = json.loads((workdir / "config.json").read_text())
     assert config["torso"] == "nature" and config["reward_clip"] == 1.0
     summary = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
