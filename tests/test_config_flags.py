@@ -27,9 +27,15 @@ def background_runs(items, tmp_path_factory):
         "assert a.returncode == 0\n"
         f"b = subprocess.run([sys.executable, {TRAIN!r}, '--config={first}/config.json', "
         f"'--workdir={again}'])\n"
-        "sys.exit(b.returncode)\n"
+        "assert b.returncode == 0\n"
+        # A flag beside --config overrides that field only.
+        f"c = subprocess.run([sys.executable, {TRAIN!r}, '--config={first}/config.json', "
+        f"'--clip_eps=0.3', '--print_config'], capture_output=True, text=True)\n"
+        f"open({str(base / 'override.json')!r}, 'w').write(c.stdout)\n"
+        "sys.exit(c.returncode)\n"
     )
-    return [script_job("config/json", "-c", script, first=first, again=again, fast=True)]
+    return [script_job("config/json", "-c", script, first=first, again=again,
+                       override=str(base / "override.json"), fast=True)]
 
 
 def test_every_config_field_of_every_agent_has_a_flag_with_help():
@@ -87,3 +93,9 @@ def test_config_json_reproduces_the_run(background):
     assert again["clip_eps"] == 0.25 and again["hidden_sizes"] == [32, 32]
     assert again["seed"] == 3
     assert last(job["again"])["params_sha256"] == last(job["first"])["params_sha256"]
+    with open(job["override"]) as f:
+        overridden = json.load(f)
+    assert overridden["clip_eps"] == 0.3
+    shared = [k for k in overridden if k in again and k != "clip_eps"]
+    assert {"hidden_sizes", "total_steps", "num_envs"} <= set(shared)
+    assert {k: overridden[k] for k in shared} == {k: again[k] for k in shared}
