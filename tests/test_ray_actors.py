@@ -171,6 +171,14 @@ def test_ray_actors_solve_gymnasium_cartpole(background, name):
     assert line.startswith("SUMMARY "), result.stdout
     summary = json.loads(line[len("SUMMARY "):])
     assert summary["eval/episode_return"] >= 475, summary
+    if name == "a3c":  # each applied gradient's staleness is logged (server - worker version)
+        workdir = background.job(("ray_learning", name))["workdir"]
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        logged = [r for r in records if "staleness/mean" in r]
+        assert len(logged) >= 10, records[-1].keys()
+        assert all(0 <= r["staleness/mean"] <= r["staleness/max"] for r in logged)
+        assert max(r["staleness/max"] for r in logged) >= 1  # 2 workers: some are stale
     if RAY_LEARNING[name][4]:  # an actor process was SIGKILLed mid-run
         assert summary["killed"] == 1 and summary["actor_restarts"] >= 1, summary
         workdir = background.job(("ray_learning", name))["workdir"]
