@@ -38,6 +38,15 @@ def _dense(size: int, scale: float, dot_general: Callable | None) -> nn.Dense:
     return nn.Dense(size, kernel_init=initializers.orthogonal(scale), **extra)
 
 
+def _conv(features: int, kernel: int, conv_general_dilated: Callable | None,
+          **kwargs) -> nn.Conv:
+    """A ``kernel`` x ``kernel`` Conv layer of ``features`` channels (``kwargs``: strides,
+    padding, init); ``conv_general_dilated``: ``tuning.Tuning``'s (``None``: flax's own)."""
+    if conv_general_dilated is not None:
+        kwargs["conv_general_dilated"] = conv_general_dilated
+    return nn.Conv(features, (kernel, kernel), **kwargs)
+
+
 class MLP(nn.Module):
     """Dense layers with orthogonal(sqrt 2) init and a final linear layer."""
 
@@ -60,11 +69,13 @@ class Torso(nn.Module):
 
     ``"mlp"``: flatten. ``"cnn"`` (image observations ``[..., H, W, C]``): MinAtar's
     network (Young & Tian 2019, arXiv 1903.03176): one 3x3 convolution with 16
-    channels, valid padding, ReLU, then flatten.
+    channels, valid padding, ReLU, then flatten. ``conv_general_dilated``: the
+    convolution's (``tuning.Tuning``'s).
     """
 
     kind: str = "mlp"
     obs_ndim: int = 1
+    conv_general_dilated: Callable | None = None
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
@@ -72,7 +83,7 @@ class Torso(nn.Module):
         x = obs.astype(jnp.float32)
         if self.kind == "cnn":
             x = x.reshape((-1,) + obs.shape[obs.ndim - self.obs_ndim:])
-            x = nn.relu(nn.Conv(16, (3, 3), padding="VALID")(x))
+            x = nn.relu(_conv(16, 3, self.conv_general_dilated, padding="VALID")(x))
         return x.reshape(batch_shape + (-1,))
 
 
@@ -109,31 +120,36 @@ class NatureTorso(nn.Module):
     4, conv 64 4x4 stride 2, conv 64 3x3 stride 1 (VALID padding, ReLU each),
     flatten, dense 512 with ReLU. On 84x84x4: 1,684,128 parameters. Convolutions
     and the dense layer: orthogonal(sqrt 2) init (CleanRL's Atari PPO);
-    ``dot_general``: the dense layer's (``tuning.Tuning``'s).
+    ``dot_general``: the dense layer's, ``conv_general_dilated`` the convolutions'
+    (``tuning.Tuning``'s).
     """
 
     dot_general: Callable | None = None
+    conv_general_dilated: Callable | None = None
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x, batch_shape = _images(obs)
         for features, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
-            x = nn.relu(nn.Conv(
-                features, (kernel, kernel), (stride, stride), padding="VALID",
-                kernel_init=initializers.orthogonal(_SQRT2),
+            x = nn.relu(_conv(
+                features, kernel, self.conv_general_dilated, strides=(stride, stride),
+                padding="VALID", kernel_init=initializers.orthogonal(_SQRT2),
             )(x))
         return _features(x, batch_shape, 512, self.dot_general)
 
 
 class ResidualBlock(nn.Module):
     """IMPALA's residual block: ``x + conv(relu(conv(relu(x))))``, 3x3 SAME convolutions
-    of ``x``'s channels; ``[N, H, W, C]`` -> ``[N, H, W, C]`` float32."""
+    of ``x``'s channels; ``[N, H, W, C]`` -> ``[N, H, W, C]`` float32.
+    ``conv_general_dilated``: the convolutions' (``tuning.Tuning``'s)."""
+
+    conv_general_dilated: Callable | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        y = nn.Conv(channels, (3, 3), padding="SAME")(nn.relu(x))
-        y = nn.Conv(channels, (3, 3), padding="SAME")(nn.relu(y))
+        y = _conv(channels, 3, self.conv_general_dilated, padding="SAME")(nn.relu(x))
+        y = _conv(channels, 3, self.conv_general_dilated, padding="SAME")(nn.relu(y))
         return x + y
 
 
@@ -144,31 +160,35 @@ class ImpalaTorso(nn.Module):
     ``channels`` (16, 32, 32) a stack of conv 3x3 stride 1 SAME, max-pool 3x3 stride
     2 SAME and two ``ResidualBlock``; then ReLU, flatten, dense 256 with ReLU. On
     84x84x4 the stacks leave 11x11x32 (1,089,232 parameters in all). Convolutions:
-    flax's default (LeCun-normal) init; the dense layer orthogonal(sqrt 2) with
-    ``dot_general`` (``tuning.Tuning``'s).
+    flax's default (LeCun-normal) init with ``conv_general_dilated``; the dense layer
+    orthogonal(sqrt 2) with ``dot_general`` (both ``tuning.Tuning``'s).
     """
 
     channels: Sequence[int] = (16, 32, 32)
     dot_general: Callable | None = None
+    conv_general_dilated: Callable | None = None
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x, batch_shape = _images(obs)
+        conv = self.conv_general_dilated
         for channels in self.channels:
-            x = nn.Conv(channels, (3, 3), padding="SAME")(x)
+            x = _conv(channels, 3, conv, padding="SAME")(x)
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-            x = ResidualBlock()(ResidualBlock()(x))
+            x = ResidualBlock(conv)(ResidualBlock(conv)(x))
         return _features(nn.relu(x), batch_shape, 256, self.dot_general)
 
 
-def make_torso(kind: str, obs_ndim: int, dot_general: Callable | None = None) -> nn.Module:
+def make_torso(kind: str, obs_ndim: int, dot_general: Callable | None = None,
+               conv_general_dilated: Callable | None = None) -> nn.Module:
     """The torso ``kind`` (``"mlp"``, ``"cnn"``, ``"nature"`` or ``"impala"``) for
-    observations of rank ``obs_ndim``; ``dot_general`` goes to a pixel torso's dense layer."""
+    observations of rank ``obs_ndim``; ``dot_general`` goes to a pixel torso's dense layer,
+    ``conv_general_dilated`` to every convolution (both ``tuning.Tuning``'s)."""
     if kind == "nature":
-        return NatureTorso(dot_general)
+        return NatureTorso(dot_general, conv_general_dilated)
     if kind == "impala":
-        return ImpalaTorso(dot_general=dot_general)
-    return Torso(kind, obs_ndim)
+        return ImpalaTorso(dot_general=dot_general, conv_general_dilated=conv_general_dilated)
+    return Torso(kind, obs_ndim, conv_general_dilated)
 
 
 def _dist_params(out: jax.Array, discrete: bool, log_std: jax.Array | None) -> Any:
@@ -193,10 +213,12 @@ class PolicyNetwork(nn.Module):
     obs_ndim: int = 1
     torso: str = "mlp"
     dot_general: Callable | None = None  # tuning.Tuning.dot_general
+    conv_general_dilated: Callable | None = None  # tuning.Tuning.conv_general_dilated
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> Any:
-        x = make_torso(self.torso, self.obs_ndim, self.dot_general)(obs)
+        x = make_torso(self.torso, self.obs_ndim, self.dot_general,
+                       self.conv_general_dilated)(obs)
         out = MLP(
             self.hidden_sizes, self.action_dim, self.activation, 0.01, self.dot_general
         )(x)
@@ -214,10 +236,12 @@ class ValueNetwork(nn.Module):
     obs_ndim: int = 1
     torso: str = "mlp"
     dot_general: Callable | None = None  # tuning.Tuning.dot_general
+    conv_general_dilated: Callable | None = None  # tuning.Tuning.conv_general_dilated
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = make_torso(self.torso, self.obs_ndim, self.dot_general)(obs)
+        x = make_torso(self.torso, self.obs_ndim, self.dot_general,
+                       self.conv_general_dilated)(obs)
         return MLP(self.hidden_sizes, 1, self.activation, 1.0, self.dot_general)(x)[..., 0]
 
 
@@ -240,9 +264,11 @@ class ActorCritic(nn.Module):
     activation: str = "relu"
     torso: str = "nature"
     dot_general: Callable | None = None  # tuning.Tuning.dot_general
+    conv_general_dilated: Callable | None = None  # tuning.Tuning.conv_general_dilated
 
     def setup(self):
-        self.shared_torso = make_torso(self.torso, 3, self.dot_general)
+        self.shared_torso = make_torso(self.torso, 3, self.dot_general,
+                                       self.conv_general_dilated)
         self.policy_head = MLP(
             self.hidden_sizes, self.action_dim, self.activation, 0.01, self.dot_general
         )
@@ -299,10 +325,12 @@ class QNetwork(nn.Module):
     # tuning.Tuning.dot_general: the non-dueling MLP, a pixel torso's dense layer and the
     # streams of a dueling network without hidden_sizes
     dot_general: Callable | None = None
+    conv_general_dilated: Callable | None = None  # tuning.Tuning's: a torso's convolutions
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = make_torso(self.torso, self.obs_ndim, self.dot_general)(obs)
+        x = make_torso(self.torso, self.obs_ndim, self.dot_general,
+                       self.conv_general_dilated)(obs)
         if not self.dueling:
             return MLP(
                 self.hidden_sizes, self.action_dim, self.activation, dot_general=self.dot_general

@@ -3,9 +3,10 @@
 ``for_platform(platform)`` (or ``for_mesh(mesh)``, from the devices a program
 runs on) returns a ``Tuning``: on CPU it hands out the helpers of
 ``jaxrl_dist.cpu`` (the Dense layout with a transposing backward pass, the
+convolution whose backward pass is laid out as forward convolutions, the
 sort-free shuffle, XLA:CPU compiler options); on any other platform the plain
-pieces (``flax.linen.Dense``'s own dot, ``jax.random.permutation``, XLA's
-default compile options). No other module picks between the two.
+pieces (``flax.linen.Dense``'s own dot, ``flax.linen.Conv``'s own convolution,
+``jax.random.permutation``, XLA's default compile options). No other module picks between the two.
 
 Both kinds compute the same functions; results differ by float rounding only
 (``tests/test_tuning.py``).
@@ -53,6 +54,21 @@ class Tuning(NamedTuple):
         from jaxrl_dist.cpu import matmul
 
         return matmul.dense_dot_general
+
+    @property
+    def conv_general_dilated(self) -> Callable | None:
+        """The ``conv_general_dilated`` of every ``flax.linen.Conv`` of the torsos.
+
+        CPU: ``cpu.conv.conv_general_dilated`` (its backward pass computes both
+        gradients as forward-style convolutions, which XLA:CPU keeps on its fast
+        kernels inside ``lax.scan`` too); elsewhere ``None`` (flax's own
+        ``lax.conv_general_dilated``).
+        """
+        if not self.cpu:
+            return None
+        from jaxrl_dist.cpu import conv
+
+        return conv.conv_general_dilated
 
     def permutations(self, keys: jax.Array, n: int) -> jax.Array:
         """``R`` uniformly random permutations of ``0..n-1``, ``[R, n]`` int32, one per key.

@@ -3,15 +3,19 @@ holds nothing of ``jaxrl_dist.cpu``; one built for CPU does; both compute the sa
 
 import dataclasses
 
+import gymnasium
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, parallel, training, tuning
-from jaxrl_dist.cpu import compile_options, matmul, shuffle
+from jaxrl_dist import agents, parallel, training, tuning, types
+from jaxrl_dist.agents import base, host_learner
+from jaxrl_dist.cpu import compile_options, conv, matmul, shuffle
 
 CPU_HELPERS = (
     (matmul, "matmul"), (matmul, "dense_dot_general"), (shuffle, "permutations"),
+    (conv, "conv"), (conv, "conv_general_dilated"),
     (compile_options, "run_once"), (compile_options, "training"),
     (compile_options, "chunk_tier"),
 )
@@ -64,6 +68,35 @@ def test_a_ppo_update_for_cpu_uses_the_cpu_helpers(cpu_calls):
     assert {"dense_dot_general", "matmul", "permutations", "run_once", "training",
             "chunk_tier"} <= set(cpu_calls)
     assert learner.tuning.training_options() == {"xla_backend_optimization_level": 2}
+
+
+def _lowered_ppo_nature_update(platform: str) -> str:
+    """The StableHLO of one host-learner PPO update (the Atari path) with the Nature
+    torso on 36x36x4 uint8 frames (the smallest it takes), built for ``platform``."""
+    config = agents.default_config("ppo", "CartPole-v1", torso="nature", hidden_sizes=(),
+                                   num_envs=2, rollout_len=2, num_epochs=1, num_minibatches=1)
+    spec = base.EnvSpec((36, 36, 4), gymnasium.spaces.Discrete(3), 3)
+    agent = agents.make_agent(config, spec, 1, tuning.for_platform(platform))
+    learner = host_learner.HostLearner(agent.functions(), parallel.make_mesh(1))
+    state = jax.eval_shape(learner.init, jax.random.key(0))
+    s = lambda shape, dtype: jax.ShapeDtypeStruct((2, 2) + shape, dtype)
+    traj = types.Transition(s((36, 36, 4), jnp.uint8), s((), jnp.int32), s((), jnp.float32),
+                            s((), jnp.bool_), s((), jnp.bool_), s((36, 36, 4), jnp.uint8),
+                            s((), jnp.float32), s((3,), jnp.float32))
+    return jax.jit(learner.update).lower(state, (traj,), jax.random.key(1)).as_text()
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_a_nature_torso_update_for_an_accelerator_uses_flax_conv(platform, cpu_calls):
+    text = _lowered_ppo_nature_update(platform)
+    assert "stablehlo.convolution" in text and "optimization_barrier" not in text
+    assert cpu_calls == []
+
+
+def test_a_nature_torso_update_for_cpu_uses_the_cpu_conv(cpu_calls):
+    text = _lowered_ppo_nature_update("cpu")
+    assert "optimization_barrier" in text  # the convolutions' backward layout
+    assert {"conv_general_dilated", "conv", "dense_dot_general", "matmul"} <= set(cpu_calls)
 
 
 def test_the_mesh_decides():

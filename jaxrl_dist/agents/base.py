@@ -206,21 +206,23 @@ class Agent:
         one ``networks.ActorCritic`` with a pixel torso) and ``policy_key``, the entry
         of ``params`` that the policy reads."""
         config, dot_general = self.config, self.tuning.dot_general
+        conv = self.tuning.conv_general_dilated
         if self.shared_torso:
             self.policy_key = "actor_critic"
             self.actor_critic_net = networks.ActorCritic(
                 config.hidden_sizes, self.spec.action_dim, self.dist.discrete,
-                config.activation, config.torso, dot_general,
+                config.activation, config.torso, dot_general, conv,
             )
             return
         self.policy_key = "policy"
         self.policy_net = networks.PolicyNetwork(
             config.hidden_sizes, self.spec.action_dim, self.dist.discrete, config.activation,
             obs_ndim=obs_ndim, torso=config.torso, dot_general=dot_general,
+            conv_general_dilated=conv,
         )
         self.value_net = networks.ValueNetwork(
             config.hidden_sizes, config.activation, obs_ndim, torso=config.torso,
-            dot_general=dot_general,
+            dot_general=dot_general, conv_general_dilated=conv,
         )
 
     def agent_state_specs(self, seed_axis: bool) -> Any:

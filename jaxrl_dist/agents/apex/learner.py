@@ -134,7 +134,7 @@ class Agent(base.Agent):
         cfg = self.config
         self.q_net = networks.QNetwork(
             cfg.hidden_sizes, self.spec.action_dim, cfg.dueling, cfg.activation, obs_ndim,
-            cfg.torso, self.tuning.dot_general,
+            cfg.torso, self.tuning.dot_general, self.tuning.conv_general_dilated,
         )
 
     def q_values(self, params: types.Params, obs: jax.Array) -> jax.Array:
