@@ -96,7 +96,7 @@ def main(argv):
         return
     import jax
 
-    from jaxrl_dist import training
+    from jaxrl_dist.anakin import training
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, None)
     settings = training.RunSettings(
@@ -237,15 +237,15 @@ def benchmark_host(config, settings, host, t0) -> None:
     import jax
     import numpy as np
 
-    from jaxrl_dist import host_training
     from jaxrl_dist.envs import atari, gymnasium_env
+    from jaxrl_dist.sebulba import training as host_training
 
     runs = []
     for _ in range(FLAGS.repeats):
         runs.append(host_training.train_host(config, settings, host, None, lambda s: None))
     best = max(runs, key=lambda r: r["sps"])
     if host.ray_actors:  # processes: the same number of processes stepping at once
-        from jaxrl_dist.actors import ray_fleet
+        from jaxrl_dist.sebulba import ray_fleet
 
         raw = ray_fleet.random_action_sps(
             host.ray_address, host.ray_actors, config.env, host.envs_per_thread,

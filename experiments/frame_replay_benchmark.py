@@ -36,7 +36,7 @@ from absl import app, flags
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # the repository, when run as a script
 
-from jaxrl_dist.agents.apex import learner as apex  # noqa: E402
+from jaxrl_dist.agents.apex import agent as apex  # noqa: E402
 from jaxrl_dist.replay import frame_stack, prioritized  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -89,7 +89,7 @@ def check_resume(workdir: str, config) -> None:
     (how it compiled does not matter: a run resumes under any tier or backend)."""
     import dataclasses
 
-    from jaxrl_dist import writers
+    from jaxrl_dist.run import writers
 
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -117,7 +117,7 @@ def check_resume(workdir: str, config) -> None:
 def apply_config_file(path: str) -> None:
     """Sets every flag that ``path`` (a run's config.json) names and the command line
     does not give (``config_flags.file_values``). Raises ConfigError."""
-    from jaxrl_dist import config_flags
+    from jaxrl_dist.cli import config_flags
 
     saved = config_flags.read_config_file(path)
     for name, value in config_flags.file_values(saved, set(FLAGS)).items():
@@ -138,7 +138,7 @@ def check_flags(argv):
             checkpoint_every=FLAGS.checkpoint_every,
         )
         settings_from_flags().check()  # --eval_every and the rest, before any directory
-        from jaxrl_dist import writers
+        from jaxrl_dist.run import writers
 
         writers.check_wandb(FLAGS.wandb_project)
         if FLAGS.resume and (FLAGS.overwrite or not FLAGS.workdir):
@@ -156,7 +156,7 @@ def print_config(config, host) -> None:
     """Prints the resolved config (and host-actor layout) as one JSON object; exit 0."""
     import dataclasses
 
-    from jaxrl_dist import writers
+    from jaxrl_dist.run import writers
 
     record = {"agent": config.agent, **{k: writers.jsonable(v) for k, v in
                                         dataclasses.asdict(config).items()}}
@@ -281,7 +281,8 @@ def main(argv):
     distributed.initialize(dist)
     sigterm.handle()  # back from JAX's preemption notifier
     config, host, workdir, leftovers = check_run()
-    from jaxrl_dist import training, tuning
+    from jaxrl_dist import tuning
+    from jaxrl_dist.anakin import training
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
     clear_workdir(workdir, leftovers)
@@ -296,7 +297,7 @@ def main(argv):
         if host is None:
             training.train(config, settings, workdir, log=progress)
         else:
-            from jaxrl_dist import host_training
+            from jaxrl_dist.sebulba import training as host_training
 
             host_training.train_host(config, settings, host, workdir, log=progress)
     except errors.ConfigError as e:

@@ -91,8 +91,8 @@ def make_config(agent: str, env: Any, *, env_params: Any = None, **overrides):
 
 
 def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from jaxrl_dist import host_training
     from jaxrl_dist.run.settings import RunSettings
+    from jaxrl_dist.sebulba import training as host_training
 
     run_names = {f.name for f in dataclasses.fields(RunSettings)}
     host_names = {f.name for f in dataclasses.fields(host_training.HostSettings)}
@@ -130,9 +130,10 @@ def train(config, *, workdir: str | None = None, progress_fn: ProgressFn | None 
       NonFiniteError, ActorError, KeyboardInterrupt: as the command line's run stops
         (what finished is kept in ``workdir``).
     """
-    from jaxrl_dist import host_training, training
+    from jaxrl_dist.anakin import training
     from jaxrl_dist.envs import gymnasium_env
     from jaxrl_dist.run.settings import RunSettings
+    from jaxrl_dist.sebulba import training as host_training
 
     run, host = _split_settings(settings)
     if not gymnasium_env.is_gymnasium(config.env):

@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import agents, checkpoint, distributions, errors
+from jaxrl_dist import agents, errors
+from jaxrl_dist.nn import distributions
+from jaxrl_dist.run import checkpoint
 
 
 class PolicySpec(NamedTuple):

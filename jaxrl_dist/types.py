@@ -5,6 +5,7 @@ rollout length and ``B`` the number of environments (local to a device inside
 ``shard_map``).
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -38,3 +39,19 @@ class Transition(NamedTuple):
     next_obs: jax.Array
     behaviour_log_prob: jax.Array
     behaviour_dist: Any
+
+
+class ActingFunctions(NamedTuple):
+    """How an on-device actor acts: pure functions of parameters and observations.
+
+    ``apply``: ``(params, obs [B, ...]) -> dist_params``; ``noise``: ``(key, shape,
+    action_dim) -> noise`` drawn before the time loop; ``sample_from_noise``:
+    ``(dist_params, noise) -> actions``; ``log_prob``: ``(dist_params, actions) -> [B]``
+    float32; ``action_dim``: the number of actions (Discrete) or the action size (Box).
+    """
+
+    apply: Callable[[Any, jax.Array], Any]
+    noise: Callable[[jax.Array, tuple[int, ...], int], jax.Array]
+    sample_from_noise: Callable[[Any, jax.Array], jax.Array]
+    log_prob: Callable[[Any, jax.Array], jax.Array]
+    action_dim: int

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrl_dist import agents, errors, parallel
+from jaxrl_dist.anakin import on_device
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 
@@ -15,7 +16,7 @@ SMALL = dict(num_envs=8, rollout_len=8, total_steps=8 * 8 * 4)
 
 def make(agent, num_devices=1, num_seeds=1, env="CartPole-v1", **overrides):
     cfg = agents.default_config(agent, env, **dict(SMALL, **overrides))
-    return agents.make_learner(cfg, parallel.make_mesh(num_devices), num_seeds)
+    return on_device.OnDeviceLearner(cfg, parallel.make_mesh(num_devices), num_seeds)
 
 
 @functools.cache

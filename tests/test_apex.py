@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, distributions, errors, parallel, types
-from jaxrl_dist.agents.apex import learner as apex
+from jaxrl_dist import agents, errors, parallel, types
+from jaxrl_dist.agents.apex import agent as apex
+from jaxrl_dist.anakin import on_device
+from jaxrl_dist.nn import distributions
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 
@@ -22,7 +24,7 @@ SMALL = dict(num_envs=8, rollout_len=8, total_steps=8 * 8 * 6, buffer_capacity=1
 
 def make(num_devices=1, num_seeds=1, **overrides):
     cfg = agents.default_config("apex", "CartPole-v1", **dict(SMALL, **overrides))
-    return agents.make_learner(cfg, parallel.make_mesh(num_devices), num_seeds)
+    return on_device.OnDeviceLearner(cfg, parallel.make_mesh(num_devices), num_seeds)
 
 
 @functools.cache
@@ -220,4 +222,4 @@ def test_bad_configs_name_the_flag(overrides, message):
 def test_continuous_actions_are_refused():
     with pytest.raises(errors.ConfigError, match="discrete action space"):
         cfg = agents.default_config("apex", "Pendulum-v1", **SMALL)
-        agents.make_learner(cfg, parallel.make_mesh(1))
+        on_device.OnDeviceLearner(cfg, parallel.make_mesh(1))

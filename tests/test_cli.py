@@ -141,7 +141,9 @@ BAD_INPUTS = [
 BATCH_MAIN = r"""
 import importlib.util, json, os, sys, tempfile, traceback
 from absl import flags
-from jaxrl_dist import cli, host_training, training
+from jaxrl_dist import cli
+from jaxrl_dist.sebulba import training as host_training
+from jaxrl_dist.anakin import training
 
 class Exit(Exception):
     def __init__(self, code):
@@ -278,7 +280,7 @@ def test_train_writes_metrics_config_checkpoint_and_plot(background, agent):
     import jax
     import numpy as np
 
-    from jaxrl_dist import checkpoint
+    from jaxrl_dist.run import checkpoint
 
     params = checkpoint.load_params(str(tmp_path / "checkpoint"))
     digest = hashlib.sha256()

@@ -6,15 +6,17 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, errors, evaluation, parallel, training, tuning
+from jaxrl_dist import agents, errors, parallel, tuning
+from jaxrl_dist.anakin import on_device, training
 from jaxrl_dist.cpu import compile_options
+from jaxrl_dist.envs import episodes as evaluation
 
 DEFAULT = {"xla_backend_optimization_level": 3}  # XLA's own default level
 
 
 def _learner(agent):
     config = agents.default_config(agent, "CartPole-v1", num_envs=8, rollout_len=16)
-    return agents.make_learner(config, parallel.make_mesh(1), num_seeds=2)
+    return on_device.OnDeviceLearner(config, parallel.make_mesh(1), num_seeds=2)
 
 
 def _same(a, b, rtol=0.0, atol=0.0):

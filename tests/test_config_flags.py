@@ -8,7 +8,8 @@ import sys
 from absl import flags
 from test_cli import TRAIN, run_script, script_job
 
-from jaxrl_dist import agents, cli, config_flags
+from jaxrl_dist import agents, cli
+from jaxrl_dist.cli import config_flags
 
 # A short on-device run, then the same configuration from its config.json (background).
 SHORT = ["--agent=ppo", "--total_steps=8192", "--num_envs=8", "--rollout_len=32",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxrl_dist import networks
 from jaxrl_dist.cpu import conv
+from jaxrl_dist.nn import networks
 
 DN = ("NHWC", "HWIO", "NHWC")
 

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import distributions
+from jaxrl_dist.nn import distributions
 
 Categorical, DiagGaussian = distributions.Categorical, distributions.DiagGaussian
 

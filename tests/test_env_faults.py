@@ -23,9 +23,14 @@ import numpy as np
 import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
 
-from jaxrl_dist import agents, checkpoint, errors, evaluation, host_training, training
-from jaxrl_dist.actors import host_actor, param_server
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
+from jaxrl_dist.envs import episodes as evaluation
 from jaxrl_dist.envs import gymnasium_env
+from jaxrl_dist.run import checkpoint
+from jaxrl_dist.sebulba import actor as host_actor
+from jaxrl_dist.sebulba import param_server
+from jaxrl_dist.sebulba import training as host_training
 
 QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9)
 

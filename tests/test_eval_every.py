@@ -10,9 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, errors, host_training, training, writers
-from jaxrl_dist.run import shell
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
+from jaxrl_dist.run import shell, writers
 from jaxrl_dist.run.settings import RunSettings
+from jaxrl_dist.sebulba import training as host_training
 
 EVAL_KEYS = ("eval/episode_return", "eval/episode_return_per_seed", "time/eval_s")
 

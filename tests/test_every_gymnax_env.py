@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import agents, cli, errors, parallel, training
+from jaxrl_dist import agents, cli, errors, parallel
+from jaxrl_dist.anakin import training
 from jaxrl_dist.envs import gymnax_env
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest

@@ -14,11 +14,13 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from jaxrl_dist import agents, errors, parallel
-from jaxrl_dist.agents import host_learner
+from jaxrl_dist.agents.apex import agent as apex
 from jaxrl_dist.agents.apex import config as apex_config
-from jaxrl_dist.agents.apex import learner as apex
-from jaxrl_dist.envs import gymnasium_env, gymnax_env
+from jaxrl_dist.anakin import on_device
+from jaxrl_dist.envs import gymnax_env
+from jaxrl_dist.envs.spec import EnvSpec
 from jaxrl_dist.replay import frame_stack, prioritized, sum_tree
+from jaxrl_dist.sebulba import learner as host_learner
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 
@@ -167,7 +169,7 @@ def test_adds_of_another_shape_are_refused():
         frame_stack.init(item._replace(obs=jnp.zeros((4,))), 32, 4, 2)
 
 
-SPEC = gymnasium_env.EnvSpec((12, 12, 4), gymnasium.spaces.Discrete(3), 3, True, None, np.uint8)
+SPEC = EnvSpec((12, 12, 4), gymnasium.spaces.Discrete(3), 3, True, None, np.uint8)
 
 
 def config(**overrides):
@@ -283,7 +285,7 @@ def on_device_losses(mode):
         batch_size=8, learning_starts=16, target_update_period=2, hidden_sizes=(16,),
         obs_storage="uint8", frame_stack_replay=mode, frame_replay_slack=1.0,
     )
-    learner = agents.make_learner(cfg, parallel.make_mesh(1), 2)
+    learner = on_device.OnDeviceLearner(cfg, parallel.make_mesh(1), 2)
     init_keys, train_keys = learner.seed_keys(0)
     state = learner.init(init_keys)
     step = learner.make_train_chunk(1)

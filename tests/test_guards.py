@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, checkpoint, errors, host_training, training
-from jaxrl_dist.agents import host_learner
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
+from jaxrl_dist.run import checkpoint
+from jaxrl_dist.sebulba import learner as host_learner
+from jaxrl_dist.sebulba import training as host_training
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 

@@ -20,8 +20,11 @@ import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
 from test_cli import script_job
 
-from jaxrl_dist import agents, checkpoint, errors, host_training, training
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
 from jaxrl_dist.envs import gymnasium_env
+from jaxrl_dist.run import checkpoint
+from jaxrl_dist.sebulba import training as host_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9)
@@ -259,7 +262,9 @@ HOST_LEARNING = {
 # tests run, see conftest.BackgroundRuns): train_host as below, summary on the last line.
 HOST_LEARNING_MAIN = r"""
 import json, sys
-from jaxrl_dist import agents, host_training, training
+from jaxrl_dist import agents
+from jaxrl_dist.sebulba import training as host_training
+from jaxrl_dist.anakin import training
 agent, threads, envs, overrides = json.loads(sys.argv[1])
 host = host_training.HostSettings(actor_threads=threads, envs_per_thread=envs,
                                   deterministic=True, learner_devices=(0,))

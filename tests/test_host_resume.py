@@ -15,8 +15,12 @@ import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
 from gymnasium.utils import EzPickle
 
-from jaxrl_dist import agents, checkpoint, errors, host_checkpoint, host_training, training
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
 from jaxrl_dist.envs import gymnasium_env
+from jaxrl_dist.run import checkpoint
+from jaxrl_dist.sebulba import checkpoint as host_checkpoint
+from jaxrl_dist.sebulba import training as host_training
 from tests import multiprocess as mp
 
 SKIP = {"wall_s", "sps", "compile_s", "train_s", "actor_env_steps"}  # timing-dependent

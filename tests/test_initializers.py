@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import initializers, parallel
+from jaxrl_dist import parallel
 from jaxrl_dist.agents.ppo import config as config_lib
-from jaxrl_dist.agents.ppo import learner as learner_lib
+from jaxrl_dist.anakin import on_device
+from jaxrl_dist.nn import initializers
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 
@@ -37,7 +38,7 @@ def test_learner_programs_have_no_lapack_calls(env):
     # jaxrl_dist/initializers.py): init, update and evaluation must not use them.
     cfg = config_lib.default_config(env, num_envs=8, rollout_len=8, total_steps=8 * 8 * 2,
                                     num_minibatches=2)
-    learner = learner_lib.Learner(cfg, parallel.make_mesh(2), num_seeds=3)
+    learner = on_device.OnDeviceLearner(cfg, parallel.make_mesh(2), num_seeds=3)
     init_keys, train_keys = learner.seed_keys(0)
     init = learner.init.lower(init_keys)
     state = init.out_info  # shapes and shardings: lowering needs no compiled init

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import networks
 from jaxrl_dist.cpu import matmul
+from jaxrl_dist.nn import networks
 
 
 @pytest.mark.parametrize("x_shape", [(128, 64), (16, 8, 4), (5, 3)])

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, errors, training
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
 from jaxrl_dist.run import memory
 from tests import multiprocess as mp
 

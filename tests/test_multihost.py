@@ -65,7 +65,7 @@ HOST_ARGS = ["--env=gymnasium:CartPole-v1", "--agent=ppo", "--actor_threads=2",
 def test_host_actors_two_processes_equal_one_process_with_two_devices(tmp_path):
     """Host actors: each process's 2 threads act on its device and its learner shard
     joins a mesh over both processes; 1 process runs the same 4 threads on 2 devices."""
-    from jaxrl_dist import checkpoint
+    from jaxrl_dist.run import checkpoint
 
     procs = mp.start_processes(mp.TRAIN, [*HOST_ARGS, "--actor_devices=0",
                                           "--learner_devices=0", f"--workdir={tmp_path / 'two'}"],

@@ -18,8 +18,9 @@ import jax
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxrl_dist import agents, checkpoint, training
-from jaxrl_dist.run import sigterm
+from jaxrl_dist import agents
+from jaxrl_dist.anakin import training
+from jaxrl_dist.run import checkpoint, sigterm
 from tests import multiprocess as mp
 
 TINY = ["--total_steps=4096", "--num_envs=8", "--rollout_len=64", "--eval_episodes=1",

@@ -16,9 +16,12 @@ import optax
 import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
 
-from jaxrl_dist import agents, checkpoint, errors, host_training, losses, parallel, training
-from jaxrl_dist.agents import base, on_device
+from jaxrl_dist import agents, errors, losses, parallel
+from jaxrl_dist.agents import base
+from jaxrl_dist.anakin import on_device, training
 from jaxrl_dist.envs import gymnax_env
+from jaxrl_dist.run import checkpoint
+from jaxrl_dist.sebulba import training as host_training
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # tiny runs: compile-bound
 
@@ -163,7 +166,7 @@ def test_only_the_seed_that_went_non_finite_is_named(tmp_path, monkeypatch):
     # independent); the seed index is not in the state: its train key tells it apart.
     config = agents.default_config("a2c", "CartPole-v1", num_envs=2, rollout_len=8,
                                    total_steps=2 * 8 * UPDATES)
-    learner = agents.make_learner(config, parallel.make_mesh(1), num_seeds=2)
+    learner = on_device.OnDeviceLearner(config, parallel.make_mesh(1), num_seeds=2)
     seed_one = jax.random.key_data(learner.seed_keys(0)[1])[1]
     poison_rollouts(monkeypatch, lambda state, key: (state.update_step + 1 >= 2) & jnp.all(
         jax.random.key_data(key) == seed_one), obs=jnp.nan)

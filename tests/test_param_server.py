@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from jaxrl_dist.actors.param_server import ParamServer
+from jaxrl_dist.sebulba.param_server import ParamServer
 
 
 def test_latest_and_exact_versions():

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrl_dist import errors, parallel
 from jaxrl_dist.agents.ppo import config as config_lib
-from jaxrl_dist.agents.ppo import learner as learner_lib
+from jaxrl_dist.anakin import on_device
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 
@@ -29,7 +29,7 @@ def run(num_devices, num_updates=3, chunk=None, num_seeds=1, **overrides):
 @functools.cache
 def _learner(num_devices, num_seeds, overrides):
     cfg = config_lib.default_config("CartPole-v1", **dict(SMALL, **dict(overrides)))
-    return learner_lib.Learner(cfg, parallel.make_mesh(num_devices), num_seeds)
+    return on_device.OnDeviceLearner(cfg, parallel.make_mesh(num_devices), num_seeds)
 
 
 @functools.cache
@@ -122,7 +122,7 @@ def test_kl_beta_adapts_to_the_kl_after_the_update():
         "CartPole-v1", num_envs=8, rollout_len=16, total_steps=128, num_epochs=1,
         num_minibatches=1, objective="kl", lr=0.05, kl_target=0.01, kl_beta_init=1.0,
     )
-    learner = learner_lib.Learner(cfg, parallel.make_mesh(1))
+    learner = on_device.OnDeviceLearner(cfg, parallel.make_mesh(1))
     init_keys, train_keys = learner.seed_keys(0)
 
     def local(state, key):
@@ -157,7 +157,7 @@ def test_continuous_actions_pendulum():
     cfg = config_lib.default_config(
         "Pendulum-v1", num_envs=4, rollout_len=8, total_steps=64, num_epochs=1, num_minibatches=2
     )
-    learner = learner_lib.Learner(cfg, parallel.make_mesh(2))
+    learner = on_device.OnDeviceLearner(cfg, parallel.make_mesh(2))
     init_keys, train_keys = learner.seed_keys(0)
     state, metrics = learner.update(learner.init(init_keys), train_keys)
     assert learner.dist.discrete is False
@@ -178,7 +178,7 @@ def test_continuous_actions_pendulum():
 def test_bad_config_is_one_line_error(overrides, devices, match):
     cfg = config_lib.default_config("CartPole-v1", **dict(SMALL, **overrides))
     with pytest.raises(errors.ConfigError, match=match) as info:
-        learner_lib.Learner(cfg, parallel.make_mesh(devices))
+        on_device.OnDeviceLearner(cfg, parallel.make_mesh(devices))
     assert "\n" not in str(info.value)
 
 

@@ -17,8 +17,10 @@ import warnings
 import pytest
 from test_cli import run_script, script_job
 
-from jaxrl_dist import agents, errors, host_training, training
-from jaxrl_dist.actors import ray_fleet
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
+from jaxrl_dist.sebulba import ray_fleet
+from jaxrl_dist.sebulba import training as host_training
 from tests import processes
 
 ray = pytest.importorskip("ray")  # the [ray] extra; README's test install includes it
@@ -114,7 +116,9 @@ def test_unreachable_ray_address_is_one_line_within_30_s(tmp_path):
 # past that many env steps, SIGKILL one actor process of this run's Ray instance.
 RAY_LEARNING_MAIN = r"""
 import json, os, signal, sys
-from jaxrl_dist import agents, host_training, training
+from jaxrl_dist import agents
+from jaxrl_dist.sebulba import training as host_training
+from jaxrl_dist.anakin import training
 from tests import processes
 agent, actors, envs, deterministic, kill_at, workdir, overrides = json.loads(sys.argv[1])
 host = host_training.HostSettings(ray_actors=actors, envs_per_thread=envs,

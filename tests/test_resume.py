@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, checkpoint, errors, parallel, training, writers
+from jaxrl_dist import agents, errors, parallel
+from jaxrl_dist.anakin import on_device, training
+from jaxrl_dist.run import checkpoint, writers
 from tests import multiprocess as mp
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
@@ -163,7 +165,7 @@ def test_a_nan_loss_stops_the_run_naming_the_update_and_keeps_the_last_good_chec
 ):
     config = agents.default_config("ppo", "CartPole-v1", num_envs=4, rollout_len=16,
                                    total_steps=64 * 40)
-    learner_cls = type(agents.make_learner(config, parallel.make_mesh(1)))
+    learner_cls = type(on_device.OnDeviceLearner(config, parallel.make_mesh(1)))
     original = learner_cls._local_update
 
     def poisoned(self, state, key):

@@ -12,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, distributions, parallel, training, tuning, types
-from jaxrl_dist.agents import host_learner
+from jaxrl_dist import agents, parallel, tuning, types
+from jaxrl_dist.anakin import training
 from jaxrl_dist.envs import gymnasium_env
+from jaxrl_dist.nn import distributions
+from jaxrl_dist.sebulba import learner as host_learner
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # one update each: compile-bound
 

@@ -13,7 +13,9 @@ import shutil
 
 import pytest
 
-from jaxrl_dist import agents, checkpoint, errors, training
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
+from jaxrl_dist.run import checkpoint
 from tests import multiprocess as mp
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest

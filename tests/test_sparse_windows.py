@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxrl_dist import writers
-from jaxrl_dist.run import progress
+from jaxrl_dist.run import progress, writers
 
 NAN = float("nan")
 

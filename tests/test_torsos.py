@@ -12,8 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, errors, networks, parallel, types
-from jaxrl_dist.agents import base, host_learner
+from jaxrl_dist import agents, errors, parallel, types
+from jaxrl_dist.agents import base
+from jaxrl_dist.anakin import on_device
+from jaxrl_dist.envs.spec import EnvSpec
+from jaxrl_dist.nn import networks
+from jaxrl_dist.sebulba import learner as host_learner
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
 
@@ -108,7 +112,7 @@ def test_uint8_pixels_are_scaled_and_floats_are_not(torso):
 
 
 def image_spec(obs_shape=SMALL_IMAGE, actions=3):
-    return base.EnvSpec(obs_shape, gymnasium.spaces.Discrete(actions), actions)
+    return EnvSpec(obs_shape, gymnasium.spaces.Discrete(actions), actions, True)
 
 
 def make_agent(agent, torso, spec=None, **overrides):
@@ -206,7 +210,7 @@ def test_a_learner_step_on_uint8_images(agent_name, torso):
 def test_on_device_update_traces_on_minatar_with_the_impala_torso(agent, overrides):
     config = agents.default_config(agent, "Breakout-MinAtar", torso="impala", hidden_sizes=(),
                                    num_envs=8, rollout_len=4, total_steps=64, **overrides)
-    learner = agents.make_learner(config, parallel.make_mesh(1))
+    learner = on_device.OnDeviceLearner(config, parallel.make_mesh(1))
     init_keys, train_keys = learner.seed_keys(0)
     state = jax.eval_shape(learner.init, init_keys)  # traced, not compiled: shapes only
     new_state, metrics = jax.eval_shape(learner.update, state, train_keys)
@@ -249,7 +253,7 @@ def test_refusals_are_one_line(agent, torso, obs_shape, overrides, match):
 
 
 def test_apex_learner_sees_the_pixels_the_actors_saw():
-    from jaxrl_dist.agents.apex import learner as apex
+    from jaxrl_dist.agents.apex import agent as apex
 
     agent = make_agent("apex", "impala", image_spec((12, 12, 4)), hidden_sizes=())
     params = agent.init_params(jax.random.key(0))

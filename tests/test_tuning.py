@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_dist import agents, parallel, training, tuning, types
-from jaxrl_dist.agents import base, host_learner
+from jaxrl_dist import agents, parallel, tuning, types
+from jaxrl_dist.anakin import on_device, training
 from jaxrl_dist.cpu import compile_options, conv, matmul, shuffle
+from jaxrl_dist.envs.spec import EnvSpec
+from jaxrl_dist.sebulba import learner as host_learner
 
 CPU_HELPERS = (
     (matmul, "matmul"), (matmul, "dense_dot_general"), (shuffle, "permutations"),
@@ -42,7 +44,7 @@ def _lowered_ppo_chunk(platform: str) -> tuple[str, object]:
     ``platform``, lowered on this machine's CPU devices."""
     config = agents.default_config("ppo", "CartPole-v1", num_envs=8, rollout_len=16,
                                    num_minibatches=2, num_epochs=2)
-    learner = agents.make_learner(config, parallel.make_mesh(1), num_seeds=1,
+    learner = on_device.OnDeviceLearner(config, parallel.make_mesh(1), num_seeds=1,
                                   tuning_=tuning.for_platform(platform))
     init_keys, train_keys = learner.seed_keys(0)
     state = jax.eval_shape(learner.init, init_keys)
@@ -75,7 +77,7 @@ def _lowered_ppo_nature_update(platform: str) -> str:
     torso on 36x36x4 uint8 frames (the smallest it takes), built for ``platform``."""
     config = agents.default_config("ppo", "CartPole-v1", torso="nature", hidden_sizes=(),
                                    num_envs=2, rollout_len=2, num_epochs=1, num_minibatches=1)
-    spec = base.EnvSpec((36, 36, 4), gymnasium.spaces.Discrete(3), 3)
+    spec = EnvSpec((36, 36, 4), gymnasium.spaces.Discrete(3), 3, True)
     agent = agents.make_agent(config, spec, 1, tuning.for_platform(platform))
     learner = host_learner.HostLearner(agent.functions(), parallel.make_mesh(1))
     state = jax.eval_shape(learner.init, jax.random.key(0))
@@ -102,7 +104,7 @@ def test_a_nature_torso_update_for_cpu_uses_the_cpu_conv(cpu_calls):
 def test_the_mesh_decides():
     mesh = parallel.make_mesh(1)
     assert tuning.for_mesh(mesh).platform == jax.devices()[0].platform == "cpu"
-    learner = agents.make_learner(
+    learner = on_device.OnDeviceLearner(
         agents.default_config("a2c", "CartPole-v1", num_envs=4, rollout_len=5), mesh
     )
     assert learner.tuning.cpu and learner.agent.tuning.cpu
@@ -118,7 +120,7 @@ def test_plain_and_cpu_tuned_updates_compute_the_same(agent):
     config = agents.default_config(agent, "CartPole-v1", **overrides)
     results = []
     for platform in ("cpu", "gpu"):
-        learner = agents.make_learner(config, parallel.make_mesh(1),
+        learner = on_device.OnDeviceLearner(config, parallel.make_mesh(1),
                                       tuning_=tuning.for_platform(platform))
         init_keys, train_keys = learner.seed_keys(0)
         state, _ = learner.make_train_chunk(3)(learner.init(init_keys), train_keys)

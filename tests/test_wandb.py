@@ -6,7 +6,9 @@ import types
 
 import pytest
 
-from jaxrl_dist import agents, errors, training, writers
+from jaxrl_dist import agents, errors
+from jaxrl_dist.anakin import training
+from jaxrl_dist.run import writers
 from tests import multiprocess as mp
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest

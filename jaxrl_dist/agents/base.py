@@ -3,12 +3,12 @@
 An ``Agent`` holds one config's networks, action distribution and optimizer and
 the pure functions built from them: ``init_params``, ``init_agent_state``,
 ``act`` (one batched acting step), ``learn`` (one learning step on a
-trajectory, inside ``shard_map``), Ape-X's actor-side ``actor_batch``, and
-``on_device_update`` (acting and learning in one step, for on-device envs).
-``functions()`` hands the ones an acting path needs over as an
-``AgentFunctions``. Nothing here steps an environment or knows a mesh beyond
-its size: ``agents/on_device.py`` adds gymnax envs, ``agents/host_learner.py``
-takes batches from host actors.
+trajectory, inside ``shard_map``), Ape-X's actor-side ``actor_batch``, and the
+hooks by which an acting path composes them (``update_keys``, ``acting_params``,
+``next_agent_state``). ``functions()`` hands the ones an acting path needs over as
+an ``AgentFunctions``. Nothing here steps an environment or knows a mesh beyond
+its size: ``anakin/on_device.py`` composes one generic update with gymnax envs,
+``sebulba/learner.py`` takes batches from host actors.
 """
 
 from collections.abc import Callable
@@ -20,22 +20,9 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import distributions, networks, tuning, types
-from jaxrl_dist.actors import rollout as rollout_lib
+from jaxrl_dist import tuning, types
 from jaxrl_dist.agents import common
-
-
-class EnvSpec(NamedTuple):
-    """What an agent needs to know of an environment (no stepping).
-
-    ``action_space``'s class name (``Discrete``/``Box``, gymnax's or Gymnasium's)
-    selects the action distribution; ``action_dim`` is the number of actions
-    (Discrete) or the action size (Box).
-    """
-
-    obs_shape: tuple[int, ...]
-    action_space: Any
-    action_dim: int
+from jaxrl_dist.nn import distributions, networks
 
 
 class AgentFunctions(NamedTuple):
@@ -62,10 +49,6 @@ class AgentFunctions(NamedTuple):
     policy: Callable
     mode: Callable
 
-
-# A rollout of the on-device path: ``(acting_params, env_state, key, env_ids) ->
-# (env_state, traj [T, B_local, ...], episode metrics)``.
-Rollout = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, types.Transition, dict]]
 
 # Where non-finite values can appear in an update, in the order data flows through it.
 NONFINITE_PLACES = ("observations", "rewards", "loss", "gradients", "parameters")
@@ -138,7 +121,7 @@ class Agent:
 
     Args:
       config: an ``OnDeviceConfig`` subclass (validated here for ``num_devices``).
-      spec: the environment's ``EnvSpec`` (or anything with its fields).
+      spec: the environment's ``envs.spec.EnvSpec`` (or anything with its fields).
       num_devices: ``D``, devices of the learner mesh (``num_envs`` splits across them).
       tuning_: how programs are built for the devices (``tuning.for_mesh``; default:
         ``jax.default_backend()``'s).
@@ -163,25 +146,28 @@ class Agent:
         # leaf would otherwise cost its own few small kernels per step.
         self.flat_optimizer = self._make_optimizer()
         self.optimizer = optax.flatten(self.flat_optimizer)
-        self.acting = rollout_lib.Policy(
+        self.acting = types.ActingFunctions(
             self.policy, self.dist.noise, self.dist.sample_from_noise, self.dist.log_prob,
             spec.action_dim,
         )
 
-    # ------------------------------------------------------------ to override
-    def on_device_update(self, state, key: jax.Array, env_ids: jax.Array, rollout: Rollout):
-        """One on-device update for one seed: act with ``rollout``, then ``learn``.
+    # ----------------------------------------- how an acting path composes an update
+    def update_keys(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(rollout_key, learn_key)`` of one on-device update's ``key`` (default: split)."""
+        rollout_key, learn_key = jax.random.split(key)
+        return rollout_key, learn_key
 
-        Args:
-          state: the seed's ``on_device.TrainState`` (no seed axis).
-          key: this update's key (the same on every device).
-          env_ids: ``[B_local]`` int32 global indices of this device's envs.
-          rollout: acts ``T`` steps in this device's envs (``Rollout``).
+    def acting_params(self, params: types.Params, agent_state: Any, env_ids: jax.Array):
+        """What on-device actors act with (``acting``'s first argument) for one update:
+        default the learner's current ``params`` (``env_ids`` ``[B_local]``: unused)."""
+        del agent_state, env_ids
+        return params
 
-        Returns:
-          ``(state, metrics)``.
-        """
-        raise NotImplementedError
+    def next_agent_state(self, params: types.Params, agent_state: Any, learned: Any) -> Any:
+        """The agent's own state after an update: ``learned`` (what ``learn`` returned)
+        by default; ``params`` and ``agent_state`` are the update's starting point."""
+        del params, agent_state
+        return learned
 
     def learn(self, params, opt_state, agent_state, traj: types.Transition, key, env_ids):
         """The learning half of an update, on a trajectory from any actor.

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxrl_dist import errors
 from jaxrl_dist.envs import atari
+from jaxrl_dist.envs.spec import Step
 
 PREFIX = "envpool:"
 
@@ -105,13 +106,12 @@ class EnvPoolVectorEnv:
         self._open(seed)
 
     def step(self, action: np.ndarray, only: np.ndarray | None = None):
-        """Steps every env with ``action`` ``[B]`` int; returns a ``gymnasium_env.Step``.
+        """Steps every env with ``action`` ``[B]`` int; returns a ``spec.Step``.
 
         Raises:
           ValueError: ``only`` is given (EnvPool steps all envs; it never raises
             ``SubEnvFault``, after which ``only`` is used).
         """
-        from jaxrl_dist.envs.gymnasium_env import Step
 
         if only is not None:
             raise ValueError("EnvPoolVectorEnv steps every env (only=None)")

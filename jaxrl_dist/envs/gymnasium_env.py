@@ -33,7 +33,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -42,6 +42,7 @@ from gymnasium.vector import AutoresetMode
 
 from jaxrl_dist import errors
 from jaxrl_dist.envs import atari, envpool_env
+from jaxrl_dist.envs.spec import EnvSpec, Step
 
 PREFIX = "gymnasium:"
 VECTORIZATION_MODES = ("sync", "async")
@@ -219,21 +220,6 @@ def make_vector(env: str, num_envs: int, seed: int, vectorization: str = "sync",
     return VectorEnv(env, num_envs, seed, vectorization, terminal_on_life_loss)
 
 
-class EnvSpec(NamedTuple):
-    """What a learner needs to know of an environment (no stepping).
-
-    ``action_space`` is the Gymnasium single-env space; its class name
-    (``Discrete``/``Box``) selects the action distribution.
-    """
-
-    obs_shape: tuple[int, ...]
-    action_space: Any
-    action_dim: int  # number of actions (Discrete) or action size (Box)
-    discrete: bool
-    max_episode_steps: int | None
-    obs_dtype: Any = np.float32  # uint8 for pixel envs (kept uint8 up to the network)
-
-
 def obs_dtype(space: Any) -> Any:
     """The dtype observations of ``space`` are kept in: uint8 stays uint8 (pixels), any
     other dtype becomes float32."""
@@ -301,21 +287,6 @@ def make_spec(env: str) -> EnvSpec:
         )
     return EnvSpec(tuple(obs_space.shape), action_space, action_dim, discrete, max_steps,
                    obs_dtype(obs_space))
-
-
-class Step(NamedTuple):
-    """One step of ``B`` environments (numpy, leading axis ``B``).
-
-    ``obs`` is what to act on next (after any auto-reset); ``next_obs`` is the
-    true successor of the step (``final_obs`` where an episode ended).
-    ``terminated`` and ``truncated`` are exclusive (terminated wins).
-    """
-
-    obs: np.ndarray
-    reward: np.ndarray  # float32
-    terminated: np.ndarray  # bool
-    truncated: np.ndarray  # bool
-    next_obs: np.ndarray
 
 
 class VectorEnv:

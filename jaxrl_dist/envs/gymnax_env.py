@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from jaxrl_dist import errors, tuning
+from jaxrl_dist.envs.spec import Step
 
 # gymnax imports plotting modules for its renderers, which training never calls;
 # a CPU-only process defers them (cpu.deferred_import).
@@ -34,24 +35,6 @@ class EnvState(NamedTuple):
     env_state: Any
     obs: jax.Array  # [B, *obs_shape], the observation to act on
     episode: EpisodeStats
-
-
-class TimeStep(NamedTuple):
-    """What one batched step returns; every field has leading axis ``B``.
-
-    ``terminated`` and ``truncated`` are exclusive: an episode that terminates on
-    its last allowed step counts as terminated (no bootstrap).
-    ``episode_return``/``episode_length`` hold the finished episode's totals where
-    ``terminated | truncated`` and 0 elsewhere.
-    """
-
-    obs: jax.Array  # after auto-reset
-    reward: jax.Array  # float32
-    terminated: jax.Array  # bool
-    truncated: jax.Array  # bool
-    next_obs: jax.Array  # before auto-reset (gymnax final_observation)
-    episode_return: jax.Array  # float32
-    episode_length: jax.Array  # int32
 
 
 # Environments registered by users (``register``): id -> (environment, default params).
@@ -219,7 +202,7 @@ class GymnaxEnv:
         action: jax.Array,
         keys: jax.Array,
         reset: tuple[jax.Array, Any],
-    ) -> tuple[EnvState, TimeStep]:
+    ) -> tuple[EnvState, Step]:
         """Steps ``B`` envs, auto-resetting finished ones, as gymnax 1.0 ``Environment.step``.
 
         Args:
@@ -251,7 +234,7 @@ class GymnaxEnv:
         reward = reward.astype(jnp.float32)
         returns = state.episode.returns + reward
         lengths = state.episode.lengths + 1
-        timestep = TimeStep(
+        timestep = Step(
             obs=obs,
             reward=reward,
             terminated=terminated,

@@ -1,8 +1,8 @@
 """The run shell: the outer loop every run shares, whatever acts.
 
 ``shell.run(path, settings, workdir, log, progress_fn)`` takes an acting path
-(``shell.ActingPath``: on-device gymnax envs, ``jaxrl_dist.training``, or host
-actor threads, ``jaxrl_dist.host_training``) through the same named steps:
+(``shell.ActingPath``: on-device gymnax envs, ``jaxrl_dist.anakin.training``, or host
+actor threads, ``jaxrl_dist.sebulba.training``) through the same named steps:
 check the settings, resume (identity check, restore), open the run files,
 prepare (initial state, compile), train (log points: records, progress, finite
 guard, checkpoint cadence), evaluate, and finish (final params, summary, plot).

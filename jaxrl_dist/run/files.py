@@ -6,7 +6,8 @@ from typing import Any
 
 import jax
 
-from jaxrl_dist import errors, writers
+from jaxrl_dist import errors
+from jaxrl_dist.run import writers
 
 
 def read_history(workdir: str, max_env_steps: int) -> tuple[list[dict[str, Any]], list[int]]:

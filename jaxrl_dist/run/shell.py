@@ -20,8 +20,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from jaxrl_dist import checkpoint, errors, writers
-from jaxrl_dist.run import files, memory
+from jaxrl_dist import errors
+from jaxrl_dist.run import checkpoint, files, memory, writers
 from jaxrl_dist.run import progress as progress_lib
 from jaxrl_dist.run.settings import RunSettings, checkpoint_period
 

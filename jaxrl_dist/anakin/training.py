@@ -19,9 +19,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl_dist import agents, distributed, errors, evaluation, parallel, writers
-from jaxrl_dist.agents import base, common, on_device
-from jaxrl_dist.run import files, memory, shell
+from jaxrl_dist import agents, distributed, errors, parallel
+from jaxrl_dist.agents import base, common
+from jaxrl_dist.anakin import on_device
+from jaxrl_dist.envs import episodes as evaluation
+from jaxrl_dist.run import files, memory, shell, writers
 from jaxrl_dist.run.progress import ProgressFn
 from jaxrl_dist.run.settings import (  # noqa: F401 - the run's settings, re-exported
     MIN_DEFAULT_CHECKPOINT_STEPS,
@@ -95,7 +97,7 @@ class OnDevicePath:
     def __init__(self, config, settings: RunSettings, log, env_params=None, tuning_=None):
         self.settings, self.log = settings, log
         self.mesh = parallel.make_mesh(settings.num_devices)
-        self.learner = agents.make_learner(
+        self.learner = on_device.OnDeviceLearner(
             config, self.mesh, settings.num_seeds, env_params, tuning_
         )
         self.config = config = self.learner.config

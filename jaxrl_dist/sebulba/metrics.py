@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 from jaxrl_dist import errors
-from jaxrl_dist.actors import host_actor
 from jaxrl_dist.agents import base
+from jaxrl_dist.sebulba import actor as host_actor
 
 
 class Interval:

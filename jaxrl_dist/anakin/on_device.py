@@ -1,11 +1,11 @@
-"""The on-device ("Anakin") learner: an agent's update with gymnax envs, in one program.
+"""The on-device ("Anakin") program: an agent's update with gymnax envs, in one program.
 
-``OnDeviceLearner`` builds the agent (``agents/base.py``) for the mesh, the
+``OnDeviceLearner`` builds any agent (``agents.make_agent``) for the mesh, the
 batched gymnax environment, the sharded initial state, and the jitted program
-that scans ``K`` updates per host call, each one the agent's
-``on_device_update`` for one seed on this device's environments, inside
-``jax.shard_map`` (gradients averaged with ``parallel.pmean``) and ``jax.vmap``
-over seeds.
+that scans ``K`` updates per host call, each one ``update`` (the ONE on-device
+update, composed from the agent's pure functions) for one seed on this device's
+environments, inside ``jax.shard_map`` (gradients averaged inside the agent's
+``learn``) and ``jax.vmap`` over seeds.
 
 Randomness of update ``u`` is ``fold_in(key, u)`` further folded with *global*
 environment indices, so results do not depend on the number of devices nor on
@@ -20,9 +20,9 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import parallel, tuning, types
-from jaxrl_dist.actors import rollout as rollout_lib
+from jaxrl_dist import agents, parallel, tuning, types
 from jaxrl_dist.agents import base, common
+from jaxrl_dist.anakin import rollout as rollout_lib
 from jaxrl_dist.envs import gymnax_env
 
 
@@ -55,10 +55,41 @@ STATE_SPECS = TrainState(
 )
 
 
+def update(agent: base.Agent, state: TrainState, key: jax.Array, env_ids: jax.Array,
+           rollout: Callable) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One on-device update of one seed: act, the actor's batch, learn.
+
+    Args:
+      agent: the ``base.Agent`` (its ``update_keys``, ``acting_params``, ``actor_batch``,
+        ``learn`` and ``next_agent_state``).
+      state: the seed's ``TrainState`` (no seed axis).
+      key: the run's training key (the same on every device); update ``u`` uses
+        ``fold_in(key, u)``.
+      env_ids: ``[B_local]`` int32 global indices of this device's envs.
+      rollout: ``(acting_params, env_state, key, env_ids) -> (env_state, traj
+        [T, B_local, ...], episode metrics)``.
+
+    Returns:
+      ``(state, metrics)``: scalar metrics, already averaged over the mesh.
+    """
+    key = jax.random.fold_in(key, state.update_step)
+    rollout_key, learn_key = agent.update_keys(key)
+    acting_params = agent.acting_params(state.params, state.agent_state, env_ids)
+    env_state, traj, episode_metrics = rollout(
+        acting_params, state.env_state, rollout_key, env_ids
+    )
+    batch = traj if agent.actor_batch is None else agent.actor_batch(
+        state.params, traj, env_ids)
+    params, opt_state, learned, metrics = agent.learn(
+        state.params, state.opt_state, state.agent_state, batch, learn_key, env_ids
+    )
+    metrics.update(episode_metrics)
+    agent_state = agent.next_agent_state(state.params, state.agent_state, learned)
+    return TrainState(params, opt_state, env_state, state.update_step + 1, agent_state), metrics
+
+
 class OnDeviceLearner:
     """Builds an agent's compiled on-device update for a config, a gymnax env and a mesh.
-
-    Subclasses set ``agent_class``, the agent's ``base.Agent`` subclass.
 
     Args:
       config: the agent's config (validated here).
@@ -74,18 +105,18 @@ class OnDeviceLearner:
       update: jitted ``(state, train_keys [S]) -> (state, metrics)``, one update.
 
     Raises:
-      ConfigError: the config does not fit the mesh or the env.
+      ConfigError: the config does not fit the mesh or the env, or the agent has no
+        on-device path (``agents.check_on_device``).
     """
-
-    agent_class: type[base.Agent] = base.Agent
 
     def __init__(self, config: common.OnDeviceConfig, mesh, num_seeds: int = 1,
                  env_params=None, tuning_: tuning.Tuning | None = None):
         self.tuning = tuning_ or tuning.for_mesh(mesh)
         self.mesh = mesh
         self.num_seeds = num_seeds
+        agents.check_on_device(config.agent)
         self.env = gymnax_env.GymnaxEnv(config.env, config.num_envs, env_params)
-        self.agent = self.agent_class(config, self.env, mesh.size, self.tuning)
+        self.agent = agents.make_agent(config, self.env, mesh.size, self.tuning)
         self.config = self.agent.config
         self.dist = self.agent.dist
         self.local_envs = self.agent.local_envs
@@ -128,7 +159,7 @@ class OnDeviceLearner:
         return env_state, traj, metrics
 
     def _local_update(self, state: TrainState, key: jax.Array):
-        return self.agent.on_device_update(state, key, self.local_env_ids(), self.rollout)
+        return update(self.agent, state, key, self.local_env_ids(), self.rollout)
 
     # ------------------------------------------------------------------ init
     def _init_one(self, key: jax.Array) -> TrainState:

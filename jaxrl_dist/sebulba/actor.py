@@ -48,8 +48,8 @@ import jax
 import numpy as np
 
 from jaxrl_dist import types
-from jaxrl_dist.actors import param_server as param_server_lib
 from jaxrl_dist.envs import gymnasium_env
+from jaxrl_dist.sebulba import param_server as param_server_lib
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """A3C's two halves: the worker's gradient and the parameter server's step.
 
-A worker (``actors/ray_actor.py``) runs ``actor_batch`` on each finished rollout, with
+A worker (``sebulba/ray_actor.py``) runs ``actor_batch`` on each finished rollout, with
 the parameters it acted with: the gradient of A2C's n-step actor-critic loss
-(``a2c.learner.Agent._loss``; ``gae_lambda = 1`` gives A3C's n-step returns) and the
-loss metrics. The parameter server (``a3c_path.py``) applies each gradient as it
+(``a2c.agent.Agent._loss``; ``gae_lambda = 1`` gives A3C's n-step returns) and the
+loss metrics. The parameter server (``sebulba/a3c.py``) applies each gradient as it
 arrives with ``apply_gradients`` (Algorithm S3: "perform asynchronous update of θ
 using dθ"). Nothing here runs on on-device envs: A3C's asynchrony needs workers.
 """
@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import errors, parallel, types
+from jaxrl_dist import parallel, types
 from jaxrl_dist.agents import base
-from jaxrl_dist.agents.a2c import learner as a2c_learner
+from jaxrl_dist.agents.a2c import agent as a2c_agent
 
 
-class Agent(a2c_learner.Agent):
+class Agent(a2c_agent.Agent):
     """A3C (Mnih et al. 2016, Algorithm S3): A2C's loss, gradients computed by workers.
 
     Args: as ``base.Agent``; ``config.num_envs`` is one worker's envs.
@@ -62,21 +62,4 @@ class Agent(a2c_learner.Agent):
                    **base.nonfinite_flags(parameters=base.all_finite(params))}
         return params, opt_state, metrics
 
-    def on_device_update(self, state, key, env_ids, rollout):
-        raise errors.ConfigError(NEEDS_WORKERS)
 
-
-NEEDS_WORKERS = (
-    "--agent=a3c needs gradient workers: --env=gymnasium:<id> with --ray_actors=N "
-    "(the synchronous on-device variant is --agent=a2c)"
-)
-
-
-class Learner:
-    """A3C has no on-device learner: making one raises ConfigError (``NEEDS_WORKERS``)."""
-
-    agent_class = Agent
-
-    def __init__(self, *args, **kwargs):
-        del args, kwargs
-        raise errors.ConfigError(NEEDS_WORKERS)

@@ -11,14 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_dist import losses, types
-from jaxrl_dist.agents import on_device
-from jaxrl_dist.agents.a2c import learner as a2c_learner
+from jaxrl_dist.agents.a2c import agent as a2c_agent
 from jaxrl_dist.agents.impala import config as config_lib
 
-TrainState = a2c_learner.TrainState
 
-
-class Agent(a2c_learner.Agent):
+class Agent(a2c_agent.Agent):
     """IMPALA (Espeholt et al. 2018, arXiv 1802.01561): V-trace targets (eq. 1), ρ-clipped
     policy gradient (sec. 4.2), baseline loss and entropy bonus; one gradient step per update.
 
@@ -47,19 +44,22 @@ class Agent(a2c_learner.Agent):
             lambda x: jnp.broadcast_to(x, (lag, *x.shape)), params[self.policy_key]
         )
 
-    def acting_params(self, state: TrainState) -> types.Params:
+    def acting_params(self, params: types.Params, agent_state, env_ids) -> types.Params:
+        """The oldest of the last ``policy_lag`` updates' policy parameters."""
+        del env_ids
         if self.config.policy_lag == 0:
-            return state.params
-        return {self.policy_key: jax.tree.map(lambda x: x[0], state.agent_state)}
+            return params
+        return {self.policy_key: jax.tree.map(lambda x: x[0], agent_state)}
 
-    def next_agent_state(self, state: TrainState):
+    def next_agent_state(self, params: types.Params, agent_state, learned):
         # At update u the buffer holds θ_{u-L}..θ_{u-1}; push θ_u (this update's
         # starting point), drop θ_{u-L}: update u+1 then acts with θ_{u+1-L}.
+        del learned
         if self.config.policy_lag == 0:
             return ()
         return jax.tree.map(
             lambda old, current: jnp.concatenate([old[1:], current[None]]),
-            state.agent_state, state.params[self.policy_key],
+            agent_state, params[self.policy_key],
         )
 
     def targets(self, traj: types.Transition, log_probs, values, next_values):
@@ -86,9 +86,3 @@ class Agent(a2c_learner.Agent):
             ),
         }
         return vtrace.pg_advantages, vtrace.vs, metrics
-
-
-class Learner(on_device.OnDeviceLearner):
-    """IMPALA on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
-
-    agent_class = Agent

@@ -16,7 +16,7 @@ One compiled update (on device, inside ``shard_map`` and ``vmap`` over seeds):
    back, target network refreshed every ``target_update_period`` learner steps.
 
 The host-actor path runs step 2 in the actor threads (``act``,
-``actor_batch`` on the actor device) and step 3 in ``HostLearner``.
+``actor_batch`` on the actor device) and step 3 in ``sebulba.learner.HostLearner``.
 
 The replay is sharded: each device holds ``buffer_capacity / D`` transitions of
 its own environments and samples ``batch_size / D`` of them per step. For stacked
@@ -33,13 +33,11 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import distributions, errors, losses, networks, parallel, types
-from jaxrl_dist.actors import rollout as rollout_lib
-from jaxrl_dist.agents import base, on_device
+from jaxrl_dist import errors, losses, parallel, types
+from jaxrl_dist.agents import base
 from jaxrl_dist.agents.apex import config as config_lib
+from jaxrl_dist.nn import distributions, networks
 from jaxrl_dist.replay import frame_stack, prioritized
-
-TrainState = on_device.TrainState
 
 
 class ReplayItem(NamedTuple):
@@ -123,7 +121,7 @@ class Agent(base.Agent):
         pixels = np.dtype(getattr(spec, "obs_dtype", np.float32)) == np.uint8
         self.obs_storage = jnp.dtype(
             "uint8" if self.frame_replay or pixels else config.obs_storage)
-        self.acting = rollout_lib.Policy(
+        self.acting = types.ActingFunctions(
             lambda p, obs: distributions.EpsGreedyParams(self.q_values(p[0], obs), p[1]),
             self.greedy.noise, self.greedy.sample_from_noise, self.greedy.log_prob,
             self.spec.action_dim,
@@ -348,26 +346,8 @@ class Agent(base.Agent):
         )
         return params, opt_state, state, metrics
 
-    def on_device_update(self, state: TrainState, key: jax.Array, env_ids, rollout):
+    def acting_params(self, params: types.Params, agent_state, env_ids):
+        """``(params, ε [B_local])``: env ``i`` acts with its own ``ε_i`` (``epsilons``)."""
+        del agent_state
         cfg = self.config
-        key = jax.random.fold_in(key, state.update_step)
-        act_key, learn_key = jax.random.split(key)
-        eps = epsilons(env_ids, cfg.num_envs, cfg.epsilon, cfg.epsilon_alpha)
-        env_state, traj, episode_metrics = rollout(
-            (state.params, eps), state.env_state, act_key, env_ids
-        )
-        batch = self.actor_batch(state.params, traj)
-        params, opt_state, agent_state, metrics = self.learn(
-            state.params, state.opt_state, state.agent_state, batch, learn_key, env_ids
-        )
-        metrics.update(episode_metrics)
-        new_state = TrainState(
-            params, opt_state, env_state, state.update_step + 1, agent_state
-        )
-        return new_state, metrics
-
-
-class Learner(on_device.OnDeviceLearner):
-    """Ape-X on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
-
-    agent_class = Agent
+        return params, epsilons(env_ids, cfg.num_envs, cfg.epsilon, cfg.epsilon_alpha)

@@ -4,20 +4,17 @@ One compiled update: act ``T`` steps in every env (``acting_params``), compute
 targets and policy-gradient advantages (``targets``), take one gradient step on
 ``pg + vf_coef * baseline - ent_coef * entropy`` with gradients averaged over
 the mesh. A2C acts with the current parameters and uses n-step returns; IMPALA
-(``agents/impala/learner.py``) overrides the two hooks.
+(``agents/impala/agent.py``) overrides the hooks.
 """
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxrl_dist import losses, parallel, types
-from jaxrl_dist.agents import base, on_device
-
-TrainState = on_device.TrainState
+from jaxrl_dist.agents import base
 
 
 class Agent(base.Agent):
@@ -32,13 +29,9 @@ class Agent(base.Agent):
     """
 
     # ------------------------------------------------------------- hooks
-    def acting_params(self, state: TrainState) -> types.Params:
-        """Parameters of the behaviour policy μ for this update: the current ones."""
-        return state.params
-
-    def next_agent_state(self, state: TrainState) -> Any:
-        """The agent's own state for the next update (``state`` is this update's start)."""
-        return state.agent_state
+    def update_keys(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One key for acting and learning (``learn`` draws nothing)."""
+        return key, key
 
     def sgd_layout(self) -> tuple[int, int]:
         """``(epochs, minibatches)`` of gradient steps per rollout; A2C: one step, ``(1, 1)``."""
@@ -128,24 +121,3 @@ class Agent(base.Agent):
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics.update(base.update_flags(params_finite, step_flags))
         return params, opt_state, agent_state, metrics
-
-    def on_device_update(self, state: TrainState, key: jax.Array, env_ids, rollout):
-        key = jax.random.fold_in(key, state.update_step)
-        env_state, traj, episode_metrics = rollout(
-            self.acting_params(state), state.env_state, key, env_ids
-        )
-        params, opt_state, _, metrics = self.learn(
-            state.params, state.opt_state, state.agent_state, traj, key, env_ids
-        )
-        metrics.update(episode_metrics)
-        new_state = TrainState(
-            params, opt_state, env_state, state.update_step + 1,
-            self.next_agent_state(state),
-        )
-        return new_state, metrics
-
-
-class Learner(on_device.OnDeviceLearner):
-    """A2C on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
-
-    agent_class = Agent

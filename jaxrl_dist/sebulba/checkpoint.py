@@ -25,8 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl_dist import checkpoint
-from jaxrl_dist.actors import host_actor
+from jaxrl_dist.run import checkpoint
+from jaxrl_dist.sebulba import actor as host_actor
 
 
 def _gather_bytes(blob: bytes) -> list[bytes]:

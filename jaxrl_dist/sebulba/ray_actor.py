@@ -25,8 +25,8 @@ import jax
 import numpy as np
 
 from jaxrl_dist import agents, tuning
-from jaxrl_dist.actors import host_actor
-from jaxrl_dist.actors import param_server as param_server_lib
+from jaxrl_dist.sebulba import actor as host_actor
+from jaxrl_dist.sebulba import param_server as param_server_lib
 
 # The process environment of every actor process (Ray's ``runtime_env``): CPU only, one
 # device, one XLA intra-op thread (several actor processes share a host's cores).
@@ -40,7 +40,7 @@ class ActorProcess:
     Args:
       index: the actor's global index ``k`` (as actor thread ``k``: seeds, env ids, keys).
       config: the run's agent config (``host_training.host_config``'s).
-      spec: the env's ``gymnasium_env.EnvSpec``.
+      spec: the env's ``envs.spec.EnvSpec``.
       num_learner_devices: the learner mesh's size (the config is validated for it).
       settings: ``host_actor.ActorSettings``.
       queue_size: finished rollouts this process may hold (then it waits).

@@ -7,7 +7,6 @@ time loop: on CPU, threefry hashing inside a scan body costs a rolled loop per
 step.
 """
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -25,19 +24,9 @@ class EpisodeSums(NamedTuple):
     count: jax.Array  # float32 scalar, number of finished episodes
 
 
-class Policy(NamedTuple):
-    """How an actor acts: pure functions of parameters and observations."""
-
-    apply: Callable[[Any, jax.Array], Any]  # (params, obs [B, ...]) -> dist params
-    noise: Callable[[jax.Array, tuple[int, ...], int], jax.Array]  # (key, shape, A) -> noise
-    sample_from_noise: Callable[[Any, jax.Array], jax.Array]  # (dist, noise) -> actions
-    log_prob: Callable[[Any, jax.Array], jax.Array]  # (dist, actions) -> [B]
-    action_dim: int
-
-
 def rollout(
     env: gymnax_env.GymnaxEnv,
-    policy: Policy,
+    policy: types.ActingFunctions,
     params: Any,
     env_state: gymnax_env.EnvState,
     key: jax.Array,

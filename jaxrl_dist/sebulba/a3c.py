@@ -26,10 +26,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl_dist import errors, host_checkpoint, host_training
-from jaxrl_dist.actors import host_actor, ray_fleet
-from jaxrl_dist.agents.a3c import learner as a3c_learner
+from jaxrl_dist import agents
 from jaxrl_dist.run import shell
+from jaxrl_dist.sebulba import actor as host_actor
+from jaxrl_dist.sebulba import checkpoint as host_checkpoint
+from jaxrl_dist.sebulba import ray_fleet
+from jaxrl_dist.sebulba import training as host_training
 
 LAGS = ("min", "mean", "max")
 
@@ -43,13 +45,7 @@ class A3CPath(host_training.HostPath):
 
     def __init__(self, config, settings, host: host_training.HostSettings, log,
                  make_env=None):
-        if not host.ray_actors:
-            raise errors.ConfigError(a3c_learner.NEEDS_WORKERS)
-        if host.deterministic:
-            raise errors.ConfigError(
-                "--deterministic does not apply to --agent=a3c: its workers' gradients are "
-                "applied in arrival order"
-            )
+        agents.check_host(config.agent, host.ray_actors, host.deterministic)
         super().__init__(config, settings, host, log, make_env)
         self.title = f"A3C on {config.env} ({host.ray_actors} Ray workers)"
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import distributions, initializers
+from jaxrl_dist.nn import distributions, initializers
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 _SQRT2 = float(np.sqrt(2.0))

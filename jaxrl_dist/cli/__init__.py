@@ -11,8 +11,9 @@ import sys
 
 from absl import flags
 
-from jaxrl_dist import config_flags, errors
+from jaxrl_dist import errors
 from jaxrl_dist.agents import AGENTS, common
+from jaxrl_dist.cli import config_flags
 
 # Flags of the host-actor layout (``host_training.HostSettings``); only with gymnasium:<id>.
 HOST_FLAGS = (
@@ -372,7 +373,7 @@ def host_settings_from_flags():
         return None
     import jax
 
-    from jaxrl_dist import host_training
+    from jaxrl_dist.sebulba import training as host_training
 
     values = {name: FLAGS[name].value for name in HOST_FLAGS if FLAGS[name].value is not None}
     if values.get("ray_actors"):
@@ -482,7 +483,7 @@ def config_from_flags():
                     f"--{name} applies only to host actors (--env=gymnasium:<id>)"
                 )
     if FLAGS.agent == "a3c" and not (host and FLAGS.ray_actors):
-        from jaxrl_dist.agents.a3c import learner as a3c_learner
+        from jaxrl_dist.agents.a3c import agent as a3c_learner
 
         raise errors.ConfigError(a3c_learner.NEEDS_WORKERS)
     overrides = config_overrides()
@@ -493,7 +494,7 @@ def config_from_flags():
     config = agents.default_config(FLAGS.agent, FLAGS.env, **overrides)
     common.check_torso_fits(config.torso, obs_shape, FLAGS.env)
     if host:
-        from jaxrl_dist import host_training
+        from jaxrl_dist.sebulba import training as host_training
 
         layout = host_settings_from_flags()
         import jax

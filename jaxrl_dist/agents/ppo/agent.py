@@ -1,8 +1,8 @@
 """PPO: one update = rollout, GAE and epochs of minibatch SGD.
 
-The shared parts live in ``agents/base.py`` (networks, optimizer) and
-``agents/on_device.py`` (environments, sharded state, the scanned program);
-this module is PPO's update only.
+The shared parts live in ``agents/base.py`` (networks, optimizer); the acting paths
+(``anakin/on_device.py``, ``sebulba/learner.py``) compose ``learn`` with their actors.
+This module is PPO's learning step only.
 """
 
 import functools
@@ -13,11 +13,8 @@ import jax.numpy as jnp
 from jax import flatten_util
 
 from jaxrl_dist import losses, parallel
-from jaxrl_dist.agents import base, on_device
+from jaxrl_dist.agents import base
 from jaxrl_dist.agents.ppo import config as config_lib
-
-TrainState = on_device.TrainState
-SUM_METRICS = on_device.SUM_METRICS
 
 
 class PPOState(NamedTuple):
@@ -209,22 +206,3 @@ class Agent(base.Agent):
             kl_beta = losses.adapt_kl_beta(kl_beta, metrics["ppo/update_kl"], cfg.kl_target)
         metrics["ppo/kl_beta"] = kl_beta
         return params, opt_state, PPOState(kl_beta), metrics
-
-    def on_device_update(self, state: TrainState, key: jax.Array, env_ids, rollout):
-        key = jax.random.fold_in(key, state.update_step)
-        rollout_key, sgd_key = jax.random.split(key)
-        env_state, traj, episode_metrics = rollout(
-            state.params, state.env_state, rollout_key, env_ids
-        )
-        params, opt_state, agent_state, metrics = self.learn(
-            state.params, state.opt_state, state.agent_state, traj, sgd_key, env_ids
-        )
-        metrics.update(episode_metrics)
-        new_state = TrainState(params, opt_state, env_state, state.update_step + 1, agent_state)
-        return new_state, metrics
-
-
-class Learner(on_device.OnDeviceLearner):
-    """PPO on on-device gymnax environments (``on_device.OnDeviceLearner``'s arguments)."""
-
-    agent_class = Agent

@@ -38,7 +38,8 @@ import jax
 import numpy as np
 
 from jaxrl_dist import errors
-from jaxrl_dist.actors import host_actor, ray_actor
+from jaxrl_dist.sebulba import actor as host_actor
+from jaxrl_dist.sebulba import ray_actor
 
 log = logging.getLogger(__name__)
 

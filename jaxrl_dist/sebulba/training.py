@@ -33,24 +33,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_dist import (
-    agents,
-    checkpoint,
-    distributed,
-    errors,
-    evaluation,
-    host_checkpoint,
-    parallel,
-    tuning,
-    writers,
-)
-from jaxrl_dist.actors import host_actor, host_metrics, ray_fleet
-from jaxrl_dist.actors import param_server as param_server_lib
-from jaxrl_dist.agents import common, host_learner
+from jaxrl_dist import agents, distributed, errors, parallel, tuning
+from jaxrl_dist.agents import common
+from jaxrl_dist.envs import episodes as evaluation
 from jaxrl_dist.envs import gymnasium_env
-from jaxrl_dist.run import files, memory, shell
+from jaxrl_dist.run import checkpoint, files, memory, shell, writers
 from jaxrl_dist.run.progress import ProgressFn
 from jaxrl_dist.run.settings import RunSettings
+from jaxrl_dist.sebulba import actor as host_actor
+from jaxrl_dist.sebulba import checkpoint as host_checkpoint
+from jaxrl_dist.sebulba import learner as host_learner
+from jaxrl_dist.sebulba import metrics as host_metrics
+from jaxrl_dist.sebulba import param_server as param_server_lib
+from jaxrl_dist.sebulba import ray_fleet
 
 JOIN_TIMEOUT_S = 5.0
 
@@ -245,7 +240,7 @@ def train_host(
       KeyboardInterrupt: on Ctrl-C (threads joined, parameters saved in checkpoint/).
     """
     if config.agent == "a3c":
-        from jaxrl_dist import a3c_path
+        from jaxrl_dist.sebulba import a3c as a3c_path
 
         path = a3c_path.A3CPath(config, settings, host, log, make_env)
     else:

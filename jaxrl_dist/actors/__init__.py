@@ -1,1 +1,0 @@
-"""Actors. ``rollout``: on-device (Anakin) rollouts scanned inside the compiled step."""

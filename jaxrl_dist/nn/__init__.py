@@ -1,0 +1,2 @@
+"""Neural-network parts: flax torsos and heads (``networks``), LAPACK-free orthogonal
+initialisation (``initializers``) and action distributions (``distributions``)."""
