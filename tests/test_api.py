@@ -7,10 +7,10 @@ import os
 
 import custom_envs
 import pytest
-from test_cli import ROOT, TRAIN, script_env
 
 import jaxrl_dist
 from jaxrl_dist import errors
+from tests.cli.test_cli import ROOT, TRAIN, script_env
 
 QUIET = dict(eval_episodes=4, log_points=4, progress_every_s=1e9)
 

@@ -13,12 +13,12 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from test_cli import ROOT, TRAIN, script_job
 
 from jaxrl_dist import agents, errors
 from jaxrl_dist import policy as policy_lib
 from jaxrl_dist.anakin import training
 from jaxrl_dist.run import checkpoint
+from tests.cli.test_cli import ROOT, TRAIN, script_job
 
 EVALUATE = os.path.join(ROOT, "experiments", "evaluate.py")
 QUIET = dict(num_devices=1, eval_episodes=2, log_points=2, progress_every_s=1e9)

@@ -15,17 +15,17 @@ import time
 import warnings
 
 import pytest
-from test_cli import run_script, script_job
 
 from jaxrl_dist import agents, errors
 from jaxrl_dist.anakin import training
 from jaxrl_dist.sebulba import ray_fleet
 from jaxrl_dist.sebulba import training as host_training
 from tests import processes
+from tests.cli.test_cli import run_script, script_job
 
 ray = pytest.importorskip("ray")  # the [ray] extra; README's test install includes it
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9)
 
 

@@ -18,15 +18,15 @@ import jax
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
-from test_cli import script_job
 
 from jaxrl_dist import agents, errors
 from jaxrl_dist.anakin import training
 from jaxrl_dist.envs import gymnasium_env
 from jaxrl_dist.run import checkpoint
 from jaxrl_dist.sebulba import training as host_training
+from tests.cli.test_cli import script_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUIET = training.RunSettings(eval_episodes=2, log_points=4, progress_every_s=1e9)
 
 

@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from test_cli import BENCHMARK, run_script
+
+from tests.cli.test_cli import BENCHMARK, run_script
 
 
 def peak_rss_mb(total_steps):

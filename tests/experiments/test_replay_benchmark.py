@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "replay_benchmark.py"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "replay_benchmark.py"
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,13 @@ import os
 
 import pytest
 
-from tests import test_cli, test_compare, test_multihost, test_policy, test_sweep
+from tests import test_policy
+from tests.cli import test_cli
+from tests.distributed import test_multihost
+from tests.experiments import test_compare, test_sweep
 
-BAD_INPUT_DOC = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "bad_input.md"
-)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BAD_INPUT_DOC = os.path.join(ROOT, "docs", "bad_input.md")
 CASES = [
     *[("train.py", a, m) for a, m in test_cli.BAD_INPUTS],
     *[("benchmark.py", a, m) for a, m in test_cli.BENCHMARK_BAD_INPUTS],

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests import multiprocess as mp
-from tests.test_cli import BENCHMARK, script_job
+from tests.cli.test_cli import BENCHMARK, script_job
 
 BAD_CHECKOUT = "/nonexistent-checkout"
 COMPARE_BAD_INPUTS = [

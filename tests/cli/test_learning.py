@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from test_cli import TRAIN, script_job
 
 from jaxrl_dist import agents
 from jaxrl_dist.cpu import compile_options
+from tests.cli.test_cli import TRAIN, script_job
 
 
 def background_runs(items, tmp_path_factory):

@@ -9,7 +9,7 @@ import pytest
 
 from jaxrl_dist import agents
 from jaxrl_dist.cpu import threads as cpu_threads
-from tests.test_cli import TRAIN, script_job
+from tests.cli.test_cli import TRAIN, script_job
 
 SMALL = dict(num_envs=4, rollout_len=128, lr=2.5e-4)  # PureJaxRL's CartPole config
 

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 from absl import flags
-from test_cli import TRAIN, run_script, script_job
 
 from jaxrl_dist import agents, cli
 from jaxrl_dist.cli import config_flags
+from tests.cli.test_cli import TRAIN, run_script, script_job
 
 # A short on-device run, then the same configuration from its config.json (background).
 SHORT = ["--agent=ppo", "--total_steps=8192", "--num_envs=8", "--rollout_len=32",
