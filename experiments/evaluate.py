@@ -147,9 +147,10 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def open_gymnasium_env(pi, video: Video | None):
-    """The Gymnasium env to play in, wrapped in ``RecordVideo`` when ``video``; its
-    renderer is tried once (ConfigError: a package it needs is missing)."""
+def open_gymnasium_env(pi, video: Video | None, first_episode: int = 0):
+    """The Gymnasium env to play in, wrapped in ``RecordVideo`` when ``video`` (its
+    recordings numbered from ``first_episode`` on); its renderer is tried once
+    (ConfigError: a package it needs is missing)."""
     from gymnasium.error import DependencyNotInstalled
 
     from jaxrl_dist.envs import gymnasium_env
@@ -169,75 +170,60 @@ def open_gymnasium_env(pi, video: Video | None):
 
     with warnings.catch_warnings():  # we made the folder: no "overwriting" warning
         warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
-        return RecordVideo(env, video.directory, episode_trigger=lambda i: i < video.episodes,
-                           name_prefix=video.prefix, disable_logger=True)
+        env = RecordVideo(env, video.directory, episode_trigger=lambda i: i < video.episodes,
+                          name_prefix=video.prefix, disable_logger=True)
+    env.episode_id = first_episode - 1  # its next reset starts episode ``first_episode``
+    return env
 
 
-def gymnasium_episodes(pi, env, episodes: int, greedy: bool, seed: int):
+def gymnasium_episodes(pi, env, video: Video | None, episodes: int, greedy: bool, seed: int):
     """``(returns [episodes] float64, lengths [episodes] int64)`` played one after another
-    in ``env`` (episode ``i`` reset with seed ``seed + i``; at most the env's time limit,
-    or 100 000 steps without one)."""
+    in ``env`` (``open_gymnasium_env``'s; closed here) by ``episodes.play_gymnasium``:
+    episode ``i`` reset with seed ``seed + i``, at most the env's time limit, or 100 000
+    steps without one. An episode an env fault cuts is re-run on a new env
+    (``open_gymnasium_env``, recording on from that episode) with a fresh seed."""
     import jax
 
-    key = jax.random.key(seed)
-    max_steps = pi.spec.max_episode_steps or 100_000
-    returns, lengths = np.zeros(episodes, np.float64), np.zeros(episodes, np.int64)
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            obs = np.asarray(obs)[None]  # uint8 pixels stay uint8 (the policy casts the rest)
-            if greedy:
-                action = pi.greedy(obs)
-            else:
-                key, act_key = jax.random.split(key)
-                action = pi.act(obs, act_key)
-            action = np.asarray(action)[0]
-            obs, reward, terminated, truncated, _ = env.step(
-                int(action) if pi.spec.discrete else action)
-            returns[i] += float(reward)
-            lengths[i] += 1
-            done = terminated or truncated or lengths[i] >= max_steps
-    return returns, lengths
+    from jaxrl_dist.envs import episodes as player
+
+    unused = [env]
+
+    def make_env(episode: int):
+        return unused.pop() if unused else open_gymnasium_env(pi, video, episode)
+
+    act = (lambda obs, key: pi.greedy(obs)) if greedy else pi.act
+    try:
+        return player.play_gymnasium(
+            make_env, act, episodes, seed, pi.spec.max_episode_steps, num_envs=1,
+            key=None if greedy else jax.random.key(seed), name=pi.spec.env,
+            what=f"{'greedy' if greedy else 'sampled'} evaluation")
+    finally:
+        for left in unused:  # not played (an error before the first episode)
+            left.close()
 
 
 def gymnax_episodes(pi, episodes: int, greedy: bool, seed: int, record: int):
-    """Plays ``episodes`` fresh gymnax envs to their first episode's end, on device.
+    """Plays ``episodes`` fresh gymnax envs to their first episode's end, on device
+    (``episodes.play_gymnax``, one compiled program).
 
     Returns:
-      ``(returns [episodes] float32, lengths [episodes] int32, frames)``; ``frames``:
-      the first ``record`` envs' ``(env states [T, record, ...], finished [T, record]
-      bool, rewards [T, record])`` before each of the ``T = max_episode_steps`` steps.
+      ``(returns [episodes] float32, lengths [episodes] int32, frames)``; ``frames``
+      (``None`` when ``record`` is 0): the first ``record`` envs' ``(env states [T,
+      record, ...], finished [T, record] bool, rewards [T, record])`` before each of the
+      ``T = max_episode_steps`` steps.
     """
     import jax
-    import jax.numpy as jnp
 
+    from jaxrl_dist.envs import episodes as player
     from jaxrl_dist.envs import gymnax_env
 
     env = gymnax_env.GymnaxEnv(pi.spec.env, episodes)
+    act = (lambda obs, key: pi.greedy(obs)) if greedy else pi.act
 
     def play(key):
         reset_key, step_key, act_key = jax.random.split(key, 3)
-        state = env.reset(jax.random.split(reset_key, episodes))
-        keys = (jax.random.split(step_key, (env.max_episode_steps, episodes)),
-                jax.random.split(act_key, env.max_episode_steps))
-
-        def step(carry, keys):
-            state, returns, lengths, finished = carry
-            action = pi.greedy(state.obs) if greedy else pi.act(state.obs, keys[1])
-            seen = jax.tree.map(lambda x: x[:record], state.env_state)
-            # No auto-reset: only each env's first episode counts.
-            state, ts = env.step(state, action, keys[0], (state.obs, state.env_state))
-            returns = returns + jnp.where(finished, 0.0, ts.reward)
-            lengths = lengths + (~finished).astype(jnp.int32)
-            frames = (seen, finished[:record], ts.reward[:record])
-            finished = finished | ts.terminated | ts.truncated
-            return (state, returns, lengths, finished), frames
-
-        init = (state, jnp.zeros(episodes, jnp.float32), jnp.zeros(episodes, jnp.int32),
-                jnp.zeros(episodes, bool))
-        (_, returns, lengths, _), frames = jax.lax.scan(step, init, keys)
-        return returns, lengths, frames
+        return player.play_gymnax(env, act, episodes, reset_key, step_key,
+                                  None if greedy else act_key, record)
 
     return jax.device_get(jax.jit(play)(jax.random.key(seed)))
 
@@ -301,11 +287,8 @@ def play(pi, video: Video | None, env=None):
     """``(returns, lengths, video paths)`` of --episodes episodes of ``pi``, in ``env``
     (``open_gymnasium_env``'s, closed here) for a Gymnasium env."""
     episodes, greedy, seed = FLAGS.episodes, FLAGS.greedy, FLAGS.seed
-    if env is not None:
-        try:
-            returns, lengths = gymnasium_episodes(pi, env, episodes, greedy, seed)
-        finally:
-            env.close()  # RecordVideo writes the last recorded episode here
+    if env is not None:  # RecordVideo writes the last recorded episode as env closes
+        returns, lengths = gymnasium_episodes(pi, env, video, episodes, greedy, seed)
         paths = [] if video is None else [
             os.path.join(video.directory, f"{video.prefix}-episode-{i}.mp4")
             for i in range(video.episodes)]
