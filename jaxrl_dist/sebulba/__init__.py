@@ -3,8 +3,9 @@
 Actors step Gymnasium/ALE vector envs on the host (threads, or Ray actor processes) and
 feed learner devices through bounded queues:
 
-  training      the path the run shell drives (``train_host``; ``HostPath``).
-  a3c           A3C's parameter server, composed from the same parts.
+  training      the path the run shell drives (``train_host``; ``HostPath`` and its
+                default ``LearnerStep``: one rollout per actor -> compiled ``learn``).
+  a3c           A3C's ``LearnerStep``: a parameter server applying gradients in arrival order.
   learner       the agent's compiled ``learn`` on batches from actors.
   actor         actor threads (rollouts, snapshots, env faults).
   param_server  versioned parameters for actors.

@@ -1,56 +1,80 @@
-"""A3C with a parameter server (``--agent=a3c --ray_actors=N``).
+"""A3C's learner step: a parameter server (``--agent=a3c --ray_actors=N``).
 
 As Mnih et al. (2016, Algorithm S3) describe it, with Ray actor processes as the
 workers and the learner process as the parameter server:
 
-* each worker (``actors/ray_actor.py``) fetches the newest parameters θ' before a
-  rollout, acts ``t_max = rollout_len`` steps in its ``envs_per_thread`` envs, and
-  computes dθ, the gradient of the n-step actor-critic loss at θ'
-  (``agents/a3c/learner.py``), which it sends with the version of θ';
+* each worker (``sebulba/ray_actor.py``, running ``sebulba/actor.py``'s thread) fetches
+  the newest parameters θ' before a rollout, acts ``t_max = rollout_len`` steps in its
+  ``envs_per_thread`` envs, and computes dθ, the gradient of the n-step actor-critic
+  loss at θ' (``Agent.actor_batch`` in ``agents/a3c/agent.py``), which it sends with
+  the version of θ';
 * the parameter server takes the gradients in arrival order (one queue for all
-  workers), applies each with the optimizer (one update, one new version of θ,
-  published at once) and logs its staleness: the server's version minus the
-  worker's (``staleness/*``; the same numbers as ``policy_lag/*``).
+  workers), applies each with the optimizer (``Agent.apply_gradients``: one update,
+  one new version of θ, published at once) and logs its staleness: the server's
+  version minus the worker's (``staleness/*``; the same numbers as ``policy_lag/*``).
 
-Everything else (Ray fleet, actor faults, logging, evaluation, checkpoints) is
-``host_training.HostPath``'s. A checkpoint holds the learner's state only: a resumed
-run's workers start fresh episodes (new env seeds and keys), since which worker's
-gradient lands when is not reproducible anyway.
+``GradientStep`` is that server as a ``LearnerStep`` of ``training.HostPath``, which
+does everything else (Ray fleet, actor faults, logging, evaluation, checkpoints;
+``training.step_for`` picks this step for A3C). ``snapshots`` is off: a
+checkpoint holds the learner's state only, and a resumed run's workers start fresh
+episodes (new env seeds and keys), since which worker's gradient lands when is not
+reproducible anyway.
+
+This module imports no other part of the host path (``training`` imports it).
 """
 
 import queue
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxrl_dist import agents
-from jaxrl_dist.run import shell
-from jaxrl_dist.sebulba import actor as host_actor
-from jaxrl_dist.sebulba import checkpoint as host_checkpoint
-from jaxrl_dist.sebulba import ray_fleet
-from jaxrl_dist.sebulba import training as host_training
 
 LAGS = ("min", "mean", "max")
 
 
-class A3CPath(host_training.HostPath):
-    """The A3C acting path of ``shell.run`` (``HostPath``'s arguments).
+class GradientStep:
+    """A3C's ``training.LearnerStep``: each update applies the next gradient from any
+    worker (one shared queue, arrival order) with ``apply_gradients``; no actor
+    snapshots.
+
+    Args:
+      config: the agent's config (``config.agent`` names the rule to check).
+      host: the run's ``training.HostSettings``.
 
     Raises:
-      ConfigError: no ``ray_actors``, or ``deterministic`` (arrival order is not).
+      ConfigError: no ``ray_actors``, or ``deterministic`` (arrival order is not):
+        ``agents.check_host``.
     """
 
-    def __init__(self, config, settings, host: host_training.HostSettings, log,
-                 make_env=None):
-        agents.check_host(config.agent, host.ray_actors, host.deterministic)
-        super().__init__(config, settings, host, log, make_env)
-        self.title = f"A3C on {config.env} ({host.ray_actors} Ray workers)"
+    snapshots = False  # a checkpoint holds the learner alone
 
-    def _compile(self) -> None:
-        learner, agent = self.learner, self.agent
+    def __init__(self, config, host):
+        agents.check_host(config.agent, host.ray_actors, host.deterministic)
+
+    def title(self, config, host) -> str:
+        return f"A3C on {config.env} ({host.ray_actors} Ray workers)"
+
+    def queues(self, host) -> list[queue.Queue]:
+        """One queue of ``num_threads * queue_size`` gradients, every worker's entry."""
+        gradients: queue.Queue = queue.Queue(maxsize=host.num_threads * host.queue_size)
+        return [gradients] * host.num_threads
+
+    def rollouts_per_update(self, host) -> int:
+        del host
+        return 1  # the next gradient, whichever worker sent it
+
+    def to_learner(self, parts) -> Callable[[Any], Any]:
+        """``(grads, metrics) -> the same, replicated on the learner mesh``."""
+        replicated = parts.learner.replicated
+        return lambda tree: jax.device_put(tree, replicated)
+
+    def compile(self, parts, state, sent_shapes) -> None:
+        """Compiles ``apply(state, grads) -> (state, metrics)``: ``grads`` shaped like
+        ``state.params`` (replicated), one optimizer step, ``update_step + 1``."""
+        del sent_shapes  # a gradient is shaped like the parameters
+        learner, agent = parts.learner, parts.agent
 
         def apply(state, grads):
             params, opt_state, metrics = agent.apply_gradients(
@@ -61,72 +85,24 @@ class A3CPath(host_training.HostPath):
 
         grads = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.replicated),
-            self.state.params,
+            state.params,
         )
-        self.update = jax.jit(
+        self.apply = jax.jit(
             apply, out_shardings=(learner.state_shardings, learner.replicated)
-        ).lower(self.state, grads).compile()
+        ).lower(state, grads).compile()
 
-    def _actor_args(self, index: int, start) -> tuple:
-        args = list(super()._actor_args(index, start))
-        args[6] = None  # no snapshots: a checkpoint holds the learner alone
-        return tuple(args)
-
-    def _make_threads(self, saving: bool) -> list:
-        """The workers' proxies, all handing gradients to one queue (arrival order)."""
-        host = self.host
-        self.saving, self.schedule = saving, None
-        gradients: queue.Queue = queue.Queue(maxsize=host.num_threads * host.queue_size)
-        self.queues = [gradients] * host.num_threads
-        replicated = self.learner.replicated
-        return [
-            ray_fleet.RemoteActor(
-                self.server, k, gradients, lambda tree: jax.device_put(tree, replicated),
-                self.stop, self.actor_starts[k], self.settings.seed,
-            )
-            for k in range(host.num_threads)
-        ]
-
-    def _update(self, u: int, interval) -> None:
-        """Update ``u``: the next gradient from any worker, applied; version ``u + 1``."""
-        t0 = time.perf_counter()
-        rollout = host_training._get_rollout(
-            self.queues[0], self.stop, self.threads, 0, self.host.stall_timeout_s
-        )
-        t1 = time.perf_counter()
+    def learn(self, state, rollouts: list) -> tuple[Any, dict[str, Any]]:
+        """``(state, metrics)`` after applying the one rollout's gradient; ``metrics``:
+        the worker's loss metrics, then ``apply_gradients``'s."""
+        (rollout,) = rollouts
         grads, worker_metrics = rollout.traj
-        self.state, metrics = self.update(self.state, grads)
-        self.server.publish(u + 1, host_training._local(self.state.params))
-        jax.block_until_ready(metrics)
-        self.newest_updates = u + 1
-        self.behaviour = self.state.params
-        interval.timings["learner_queue_wait_s"] += t1 - t0
-        interval.timings["update_s"] += time.perf_counter() - t1
-        interval.add_rollout(rollout, u)  # lag: server version u minus the worker's
-        interval.metrics.append({**worker_metrics, **metrics})
+        state, metrics = self.apply(state, grads)
+        return state, {**worker_metrics, **metrics}
 
-    def log_points(self, start_update: int, every: int) -> Iterator[shell.LogPoint]:
-        for point in super().log_points(start_update, every):
-            point.record.update(
-                {f"staleness/{k}": point.record[f"policy_lag/{k}"] for k in LAGS}
-            )
-            yield point
-
-    def restore(self, checkpointer, step: int) -> None:
-        super().restore(checkpointer, step)
-        # Fresh episodes: new env seeds (``ActorThread._seed`` takes the rollout index of
-        # a start without env state) and keys.
-        key = jax.random.fold_in(jax.random.key(self.settings.seed), step)
-        self.actor_starts = [
-            host_actor.ActorState(
-                step, np.asarray(jax.random.key_data(jax.random.fold_in(key, k))), None,
-                0, 0, 0,
-            )
-            for k in range(self.host.num_threads)
-        ]
-
-    def save(self, checkpointer, updates: int, meta: dict[str, Any]) -> None:
-        host_checkpoint.save(checkpointer, updates, self.state, self.behaviour, [], meta)
+    def extend_record(self, record: dict[str, Any]) -> None:
+        """``staleness/{min,mean,max}``: the log point's ``policy_lag/*`` (server version
+        minus the worker's, per applied gradient)."""
+        record.update({f"staleness/{k}": record[f"policy_lag/{k}"] for k in LAGS})
 
     def done_text(self, summary: dict[str, Any]) -> str:
         return (f"{summary['compile_s']:.1f}s compile | gradient staleness mean "

@@ -159,14 +159,15 @@ class Fleet:
     Args:
       address: ``--ray_address`` (``None``: a local instance).
       num_actors: ``--ray_actors``.
-      actor_args: ``index, start -> ActorProcess`` constructor arguments (a callable).
+      actor_args: ``index, start -> ActorProcess`` constructor keyword arguments (a
+        callable returning a dict).
 
     Raises:
       ConfigError: see ``connect``.
     """
 
     def __init__(self, address: str | None, num_actors: int,
-                 actor_args: Callable[[int, Any], tuple]):
+                 actor_args: Callable[[int, Any], dict[str, Any]]):
         self.ray = import_ray()
         self.started = connect(address, num_actors)
         self.actor_args = actor_args
@@ -185,7 +186,7 @@ class Fleet:
         handle = self._cls.options(
             runtime_env={"env_vars": ray_actor.PROCESS_ENV},
             name=None,
-        ).remote(*self.actor_args(index, start))
+        ).remote(**self.actor_args(index, start))
         with self._lock:
             self._handles[index] = handle
             for version, ref in sorted(self._versions.items()):

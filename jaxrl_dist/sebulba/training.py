@@ -2,32 +2,43 @@
 
 ``train_host`` builds a ``HostPath`` and hands it to the run shell
 (``run/shell.py``), which owns everything a run does besides acting and
-learning. Actor threads (``actors/host_actor.py``) step Gymnasium vector envs and
-infer on actor devices with the agent's ``act``; the learner (the path's loop, on
-the main thread) takes one rollout from each thread's bounded queue, runs the
-agent's compiled ``learn`` on the learner mesh (``agents/host_learner.py``) and
-publishes the new parameters as the next version. Acting and learning overlap:
-while the learner trains on rollout ``r``, actors already collect rollout ``r + 1``.
+learning. Actor threads (``sebulba/actor.py``), or Ray actor processes
+(``sebulba/ray_fleet.py``, ``sebulba/ray_actor.py``), step Gymnasium vector envs and
+infer with the agent's ``act``; the parameter server (``sebulba/param_server.py``)
+hands them versioned parameters. What the learner (the path's loop, on the main
+thread) does with their rollouts is the path's ``LearnerStep``:
+
+  ``RolloutStep`` (every agent but A3C): update ``u`` takes rollout ``u`` from each
+    actor's own bounded queue and runs the agent's compiled ``learn`` on them
+    together on the learner mesh (``sebulba/learner.py``). Acting and learning
+    overlap: while the learner trains on rollout ``r``, actors collect ``r + 1``.
+  ``a3c.GradientStep`` (``--agent=a3c``, ``AgentSpec.needs_workers``): each update
+    applies one worker's gradient, in arrival order from one shared queue
+    (``sebulba/a3c.py``, ``agents/a3c/agent.py``).
+
+Either way every update publishes the new parameters as the next version.
 
 Stopping: Ctrl-C (``KeyboardInterrupt`` on this thread), a fatal error in any
 actor thread, or a stalled queue sets the shared stop event; every thread's
-waits time out within ``host_actor.WAIT_S`` and the threads are joined; the
+waits time out within ``actor.WAIT_S`` and the threads are joined; the
 parameters of the last finished update are kept in checkpoint/; the exception is
 re-raised so the entry point exits non-zero.
 
 Checkpoints (with a workdir): every ``checkpoint_every`` updates and at the end,
-``host_checkpoint`` saves the learner state, the behaviour parameters and every
-actor thread's state at the start of the next rollout; ``resume`` goes on from
-the latest one (bit for bit in deterministic mode with envs whose state can be
-captured). Checkpoints are also log points.
+``sebulba/checkpoint.py`` saves the learner state, the behaviour parameters and (with
+a step that keeps ``snapshots``) every actor's state at the start of the next
+rollout; ``resume`` goes on from the latest one (bit for bit in deterministic mode
+with envs whose state can be captured; without snapshots the actors start fresh
+episodes). Checkpoints are also log points.
 """
 
 import dataclasses
+import functools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +51,12 @@ from jaxrl_dist.envs import gymnasium_env
 from jaxrl_dist.run import checkpoint, files, memory, shell, writers
 from jaxrl_dist.run.progress import ProgressFn
 from jaxrl_dist.run.settings import RunSettings
+from jaxrl_dist.sebulba import a3c, ray_fleet
 from jaxrl_dist.sebulba import actor as host_actor
 from jaxrl_dist.sebulba import checkpoint as host_checkpoint
 from jaxrl_dist.sebulba import learner as host_learner
 from jaxrl_dist.sebulba import metrics as host_metrics
 from jaxrl_dist.sebulba import param_server as param_server_lib
-from jaxrl_dist.sebulba import ray_fleet
 
 JOIN_TIMEOUT_S = 5.0
 
@@ -58,7 +69,7 @@ class HostSettings:
     env of ``envs_per_thread`` envs, so one update trains on
     ``actor_threads * len(actor_devices) * envs_per_thread`` envs.
     ``learner_devices=None``: every device not acting, or device 0 if there is one.
-    ``ray_actors > 0``: that many Ray actor processes (``actors/ray_fleet.py``) act
+    ``ray_actors > 0``: that many Ray actor processes (``sebulba/ray_fleet.py``) act
     instead of threads, each with ``envs_per_thread`` envs (``actor_threads`` and
     ``actor_devices`` then do not apply; every local device may learn); ``ray_address``:
     the cluster to join (``None``: a local Ray instance).
@@ -135,10 +146,10 @@ class HostSettings:
 
 def host_config(config: common.OnDeviceConfig, host: HostSettings, num_processes: int = 1):
     """``config`` for host actors: ``num_envs`` from the actor layout (over all
-    ``num_processes`` processes; A3C: one worker's envs, what one gradient sees), no
-    simulated lag."""
+    ``num_processes`` processes; an agent of gradient workers (A3C): one worker's envs,
+    what one gradient sees), no simulated lag."""
     changes: dict[str, Any] = {"num_envs": host.num_envs * num_processes}
-    if config.agent == "a3c":
+    if agents.AGENTS[config.agent].needs_workers:
         changes["num_envs"] = host.envs_per_thread
     if hasattr(config, "policy_lag"):
         changes["policy_lag"] = 0  # the lag is real here (measured, not simulated)
@@ -204,6 +215,117 @@ def _snapshot(threads, index: int, rollout_index: int, stop: threading.Event,
                      index, stop, stall_s, f"snapshot of rollout {rollout_index}")
 
 
+class StepParts(NamedTuple):
+    """What a ``LearnerStep`` builds on (``HostPath`` makes it once, before compiling)."""
+
+    agent: Any  # the agent (``agents.base.Agent``) of the run's validated config
+    learner: host_learner.HostLearner
+    host: HostSettings  # resolved
+    num_processes: int
+    train_key: jax.Array  # the learner's PRNG key (folded with the update step inside)
+
+
+class LearnerStep(Protocol):
+    """What one update of a ``HostPath`` waits for and learns with.
+
+    ``snapshots``: actors snapshot their state at checkpoints, and a checkpoint holds
+    every actor's state (``False``: the learner's state alone; a resumed run's actors
+    start fresh episodes with new env seeds and keys).
+    """
+
+    snapshots: bool
+
+    def title(self, config, host: HostSettings) -> str:
+        """The run's title (plots, tables)."""
+
+    def queues(self, host: HostSettings) -> list[queue.Queue]:
+        """``[host.num_threads]`` bounded queues: actor ``k`` hands its rollouts to
+        entry ``k`` (entries may be one shared queue)."""
+
+    def rollouts_per_update(self, host: HostSettings) -> int:
+        """``n``: update ``u`` takes the next rollout from each of ``queues[:n]``."""
+
+    def to_learner(self, parts: StepParts) -> Callable[[Any], Any]:
+        """``tree of [T, B_thread, ...] -> tree on the learner mesh`` (what an actor's
+        rollout ``traj`` becomes on its way into the queue)."""
+
+    def compile(self, parts: StepParts, state: host_learner.HostState,
+                sent_shapes: Callable[[], Any]) -> None:
+        """Compiles the update for ``state``; ``sent_shapes()``: tree of
+        ``ShapeDtypeStruct`` ``[T, B_thread, ...]``, what one actor sends per rollout."""
+
+    def learn(self, state: host_learner.HostState,
+              rollouts: list[host_actor.Rollout]) -> tuple[host_learner.HostState, Any]:
+        """``(state, metrics)`` after one update on ``rollouts`` (the compiled update,
+        dispatched, not awaited)."""
+
+    def extend_record(self, record: dict[str, Any]) -> None:
+        """Adds the step's own entries to a log point's ``record`` (in place)."""
+
+    def done_text(self, summary: dict[str, Any]) -> str:
+        """The middle of the final ``done:`` line (``shell.ActingPath.done_text``)."""
+
+
+class RolloutStep:
+    """The default ``LearnerStep``: update ``u`` takes rollout ``u`` of every actor (each
+    from its own queue of ``queue_size``) and runs the agent's compiled ``learn`` on
+    them together (``HostLearner.compile_update``); actors snapshot at checkpoints."""
+
+    snapshots = True
+
+    def title(self, config, host: HostSettings) -> str:
+        del host
+        return f"{agents.AGENTS[config.agent].title} on {config.env} (host actors)"
+
+    def queues(self, host: HostSettings) -> list[queue.Queue]:
+        return [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
+
+    def rollouts_per_update(self, host: HostSettings) -> int:
+        return host.num_threads
+
+    def to_learner(self, parts: StepParts) -> Callable[[Any], Any]:
+        return _to_learner(parts.learner.traj_sharding, parts.num_processes)
+
+    def compile(self, parts: StepParts, state: host_learner.HostState,
+                sent_shapes: Callable[[], Any]) -> None:
+        num_processes = parts.num_processes
+        shapes = jax.tree.map(  # [T, B_thread * num_processes, ...]: one thread per process
+            lambda x: jax.ShapeDtypeStruct(
+                (x.shape[0], x.shape[1] * num_processes, *x.shape[2:]), x.dtype,
+                sharding=parts.learner.traj_sharding,
+            ),
+            sent_shapes(),
+        )
+        self.train_key = parts.train_key
+        self.update = parts.learner.compile_update(
+            state, (shapes,) * parts.host.num_threads, parts.train_key
+        )
+
+    def learn(self, state: host_learner.HostState,
+              rollouts: list[host_actor.Rollout]) -> tuple[host_learner.HostState, Any]:
+        return self.update(state, tuple(r.traj for r in rollouts), self.train_key)
+
+    def extend_record(self, record: dict[str, Any]) -> None:
+        del record  # the host path's record as it is
+
+    def done_text(self, summary: dict[str, Any]) -> str:
+        return (f"{summary['compile_s']:.1f}s compile | policy lag mean "
+                f"{summary['policy_lag/mean']:.2f} | env faults {summary['env_faults']}")
+
+
+def step_for(config, host: HostSettings) -> LearnerStep:
+    """``config.agent``'s ``LearnerStep``: ``a3c.GradientStep`` for an agent that learns
+    from gradient workers (``AgentSpec.needs_workers``: A3C), else ``RolloutStep``.
+
+    Raises:
+      ConfigError: ``agents.check_host`` refuses the layout (A3C without
+        ``ray_actors``, or ``deterministic``).
+    """
+    if agents.AGENTS[config.agent].needs_workers:
+        return a3c.GradientStep(config, host)
+    return RolloutStep()
+
+
 def train_host(
     config: common.OnDeviceConfig,
     settings: RunSettings,
@@ -232,19 +354,15 @@ def train_host(
       learner's final ``HostState``).
 
     Raises:
-      ConfigError: bad settings, or ``resume`` finds no checkpoint or one made with
-        another config or actor layout (before anything compiles).
+      ConfigError: bad settings (also ``agents.check_host``'s: A3C without
+        ``ray_actors`` or with ``deterministic``), or ``resume`` finds no checkpoint or
+        one made with another config or actor layout (before anything compiles).
       ActorError: an actor thread failed or stalled (threads joined, parameters of the
         last finished update saved in checkpoint/).
       NonFiniteError: a NaN/inf (the last finite parameters saved in checkpoint/).
       KeyboardInterrupt: on Ctrl-C (threads joined, parameters saved in checkpoint/).
     """
-    if config.agent == "a3c":
-        from jaxrl_dist.sebulba import a3c as a3c_path
-
-        path = a3c_path.A3CPath(config, settings, host, log, make_env)
-    else:
-        path = HostPath(config, settings, host, log, make_env)
+    path = HostPath(config, settings, host, log, make_env)  # its step: step_for(config, host)
     try:
         summary = shell.run(path, settings, workdir, log, progress_fn)
     finally:
@@ -255,10 +373,11 @@ def train_host(
 class HostPath:
     """The host-actor acting path of ``shell.run`` (``shell.ActingPath``).
 
-    Actor threads are made in ``prepare``, started by ``log_points`` and joined by
-    ``close``. Rollout ``u`` of every thread feeds update ``u``; checkpoints hold the
-    learner state, the behaviour parameters and every thread's state at the start of
-    its next rollout.
+    Actor threads (or Ray actor processes' proxies) are made in ``prepare``, started by
+    ``log_points`` and joined by ``close``. What each update takes from them and learns
+    with is ``learner_step``'s (a ``LearnerStep``; ``None``: ``step_for(config, host)``);
+    checkpoints hold the learner state, the behaviour parameters and (with
+    ``learner_step.snapshots``) every actor's state at the start of its next rollout.
 
     Raises:
       ConfigError: bad settings or layout.
@@ -267,7 +386,8 @@ class HostPath:
     saves_on_interrupt = False  # a whole-run checkpoint needs the actors' snapshots
 
     def __init__(self, config, settings: RunSettings, host: HostSettings, log,
-                 make_env: Callable | None = None):
+                 make_env: Callable | None = None, learner_step: LearnerStep | None = None):
+        self.learner_step = learner_step if learner_step is not None else step_for(config, host)
         if settings.num_seeds != 1:
             raise errors.ConfigError(
                 f"--num_seeds must be 1 with host actors (--env={config.env}), got "
@@ -294,9 +414,10 @@ class HostPath:
         self.learner = host_learner.HostLearner(self.fns, mesh)
         self.num_seeds = 1
         self.num_updates, self.steps_per_update = config.num_updates, config.steps_per_update
-        self.title = f"{agents.AGENTS[config.agent].title} on {config.env} (host actors)"
+        self.title = self.learner_step.title(config, host)
         self.identity = _run_meta(config, settings, host, self.num_processes)
         self.init_key, self.train_key = jax.random.split(jax.random.key(settings.seed))
+        self.parts = StepParts(agent, self.learner, host, self.num_processes, self.train_key)
         self.state = self.behaviour = None
         self.actor_starts = [None] * host.num_threads
         self.lags = host_metrics.LagStats()
@@ -340,7 +461,10 @@ class HostPath:
                 f"run: {e}"
             ) from None
         threads = self.host.num_threads
-        self.actor_starts = actors[self.process * threads:(self.process + 1) * threads]
+        if self.learner_step.snapshots:
+            self.actor_starts = actors[self.process * threads:(self.process + 1) * threads]
+        else:
+            self.actor_starts = _fresh_starts(self.settings.seed, step, threads)
         self.lags = host_metrics.LagStats(*meta.get("policy_lag", ()))
         self.newest_updates = step
 
@@ -388,35 +512,37 @@ class HostPath:
             host.terminal_on_life_loss,
         )
 
-    def _actor_args(self, index: int, start) -> tuple:
-        """``ray_actor.ActorProcess``'s arguments for actor ``index`` from ``start``."""
-        saving = self.saving
-        return (index, self.config, self.spec, self.learner.mesh.size, self._actor_settings(),
-                self.host.queue_size, self.schedule if saving else None, start,
-                self.make_env)
+    def _actor_args(self, index: int, start) -> dict[str, Any]:
+        """``ray_actor.ActorProcess``'s keyword arguments for actor ``index`` from
+        ``start`` (``snapshot_at``: ``None`` unless checkpoints are saved and the step
+        keeps ``snapshots``)."""
+        return dict(
+            index=index, config=self.config, spec=self.spec,
+            num_learner_devices=self.learner.mesh.size, settings=self._actor_settings(),
+            queue_size=self.host.queue_size,
+            snapshot_at=self.schedule if self.saving else None, start=start,
+            make_env=self.make_env,
+        )
 
     def _compile(self) -> None:
-        """Compiles the learner's update and (on every actor device) the actors' steps."""
-        host, num_processes = self.host, self.num_processes
+        """Compiles the step's update and (on every actor device) the actors' steps."""
+        host = self.host
         self.finish_fn = jax.jit(self.fns.actor_step) if self.fns.actor_step else None
-        transition = host_actor.transition_shapes(
-            self.spec, self.fns.act, self.state.params, self.config.rollout_len,
-            host.envs_per_thread,
-        )
         env_ids = np.arange(host.envs_per_thread, dtype=np.int32)
-        sent = transition if self.finish_fn is None else jax.eval_shape(
-            self.finish_fn, self.state.params, transition, env_ids
-        )
-        shapes = jax.tree.map(  # [T, B_thread * num_processes, ...]: one thread per process
-            lambda x: jax.ShapeDtypeStruct(
-                (x.shape[0], x.shape[1] * num_processes, *x.shape[2:]), x.dtype,
-                sharding=self.learner.traj_sharding,
-            ),
-            sent,
-        )
-        self.update = self.learner.compile_update(
-            self.state, (shapes,) * host.num_threads, self.train_key
-        )
+
+        @functools.cache  # traced once, and only where needed
+        def transition():
+            return host_actor.transition_shapes(
+                self.spec, self.fns.act, self.state.params, self.config.rollout_len,
+                host.envs_per_thread,
+            )
+
+        def sent():
+            return transition() if self.finish_fn is None else jax.eval_shape(
+                self.finish_fn, self.state.params, transition(), env_ids
+            )
+
+        self.learner_step.compile(self.parts, self.state, sent)
         devices = jax.local_devices()
         actor_devices = () if host.ray_actors else host.actor_devices  # Ray: they compile
         for device in (devices[i] for i in actor_devices):
@@ -427,7 +553,8 @@ class HostPath:
                 self.fns.act(params, put(obs), put(jax.random.key(0)), put(env_ids))
             )
             if self.finish_fn is not None:
-                zeros = jax.tree.map(lambda x, p=put: p(np.zeros(x.shape, x.dtype)), transition)
+                zeros = jax.tree.map(lambda x, p=put: p(np.zeros(x.shape, x.dtype)),
+                                     transition())
                 jax.block_until_ready(self.finish_fn(params, zeros, put(env_ids)))
 
     def _make_threads(self, saving: bool) -> list:
@@ -435,10 +562,11 @@ class HostPath:
         start those processes), not yet started."""
         host = self.host
         devices = jax.local_devices()
-        self.queues = [queue.Queue(maxsize=host.queue_size) for _ in range(host.num_threads)]
+        self.queues = self.learner_step.queues(host)
         self.saving = saving
-        self.schedule = CheckpointSchedule(self.every, self.num_updates)
-        to_learner = _to_learner(self.learner.traj_sharding, self.num_processes)
+        self.schedule = (CheckpointSchedule(self.every, self.num_updates)
+                         if self.learner_step.snapshots else None)  # where actors take snapshots
+        to_learner = self.learner_step.to_learner(self.parts)
         if host.ray_actors:
             return [
                 ray_fleet.RemoteActor(self.server, k, self.queues[k], to_learner, self.stop,
@@ -467,8 +595,8 @@ class HostPath:
             self._is_checkpoint(updates))
 
     def log_points(self, start_update: int, every: int) -> Iterator[shell.LogPoint]:
-        """Per update: one rollout from every thread, the compiled update, the new
-        parameters published; at log points the interval's record."""
+        """Per update: the step's rollouts, its update, the new parameters published; at
+        log points the interval's record (with the step's own entries)."""
         del every
         for thread in self.threads:
             thread.start()
@@ -488,24 +616,24 @@ class HostPath:
             if self.num_processes > 1:
                 host_metrics.gather_interval(interval)
             record = host_metrics.record(interval, (u + 1) * self.steps_per_update, now - t_last)
+            self.learner_step.extend_record(record)
             self.lags.add(interval.lags)
             guard = (interval, bool(all_finite(self.state.params)))
             yield shell.LogPoint(u + 1, record, self._is_checkpoint(u + 1), guard)
             interval, t_last = host_metrics.Interval(), now
 
     def _update(self, u: int, interval: host_metrics.Interval) -> None:
-        """Update ``u``: waits for rollout ``u`` of every thread, learns, publishes ``u + 1``."""
+        """Update ``u``: waits for the step's rollouts (``RolloutStep``: rollout ``u`` of
+        every thread), learns, publishes version ``u + 1``."""
         host = self.host
         t0 = time.perf_counter()
         rollouts = [
             _get_rollout(self.queues[k], self.stop, self.threads, k, host.stall_timeout_s)
-            for k in range(host.num_threads)
+            for k in range(self.learner_step.rollouts_per_update(host))
         ]
         t1 = time.perf_counter()
         previous = self.state.params
-        self.state, metrics = self.update(
-            self.state, tuple(r.traj for r in rollouts), self.train_key
-        )
+        self.state, metrics = self.learner_step.learn(self.state, rollouts)
         self.server.publish(u + 1, _local(self.state.params))
         jax.block_until_ready(metrics)
         self.newest_updates = u + 1
@@ -513,7 +641,7 @@ class HostPath:
         interval.timings["learner_queue_wait_s"] += t1 - t0
         interval.timings["update_s"] += time.perf_counter() - t1
         for r in rollouts:
-            interval.add_rollout(r, u)
+            interval.add_rollout(r, u)  # lag: version u minus the rollout's
         interval.metrics.append(metrics)
 
     def pending(self) -> list[shell.LogPoint]:
@@ -532,7 +660,7 @@ class HostPath:
         actor_states = [
             _snapshot(self.threads, k, updates, self.stop, self.host.stall_timeout_s)
             for k in range(self.host.num_threads)
-        ]
+        ] if self.learner_step.snapshots else []
         host_checkpoint.save(
             checkpointer, updates, self.state, self.behaviour, actor_states, meta
         )
@@ -591,8 +719,7 @@ class HostPath:
                 **self.lags.summary()}
 
     def done_text(self, summary: dict[str, Any]) -> str:
-        return (f"{summary['compile_s']:.1f}s compile | policy lag mean "
-                f"{summary['policy_lag/mean']:.2f} | env faults {summary['env_faults']}")
+        return self.learner_step.done_text(summary)
 
     def curve(self, history: list[dict[str, Any]]) -> np.ndarray:
         return np.array([[h["train/episode_return"]] for h in history], dtype=np.float64
@@ -610,6 +737,22 @@ class CheckpointSchedule(NamedTuple):
     def __call__(self, updates: int) -> bool:
         return 0 < updates <= self.num_updates and (
             updates % self.every == 0 or updates == self.num_updates)
+
+
+def _fresh_starts(seed: int, rollout_index: int, num_threads: int) -> list:
+    """``ActorState``s that start ``num_threads`` actors at ``rollout_index`` in fresh
+    episodes: no env state (``ActorThread._seed`` then takes new env seeds from the
+    rollout index) and new PRNG keys (the run's seed folded with the index, then the
+    actor's)."""
+    key = jax.random.fold_in(jax.random.key(seed), rollout_index)
+    return [
+        host_actor.ActorState(
+            rollout_index=rollout_index,
+            key_data=np.asarray(jax.random.key_data(jax.random.fold_in(key, k))),
+            env_state=None, env_faults=0, env_steps=0, faults_unreported=0,
+        )
+        for k in range(num_threads)
+    ]
 
 
 def _local(tree: Any) -> Any:
