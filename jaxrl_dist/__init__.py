@@ -6,28 +6,25 @@ The Python API (imported on first use, so that ``import jaxrl_dist`` stays light
   load_policy(workdir, seed=0)           a trained policy to act with (policy.py)
   register_gymnax_env(env_id, env, params=None)   a gymnax Environment as an --env id
 
-Modules:
+Rooms (BUILD.md, "Layout"; each imports only the rooms listed above it):
+  errors, types  exceptions; Transition, ActingFunctions (time-major [T, B, ...]).
+  cpu, tuning    the one switch between CPU-tuned and plain programs, and the CPU helpers.
   losses         pure, jit-able RL maths (GAE, PPO objectives, V-trace, actor-critic,
                  n-step double-Q) on time-major [T, B] arrays.
-  agents         registry of --agent names; base.py (an agent's pure functions),
-                 on_device.py (its update with gymnax envs), host_learner.py (its
-                 learning step on batches from host actors); ppo, impala, a2c, apex.
-  training       on-device ("Anakin") runs.
-  host_training  host-actor ("Sebulba") runs: actor threads, parameter server, learner.
-  run            the run shell both share: settings, resume, writers, progress,
-                 finite guard, checkpoints, evaluation, summary, plot.
-  tuning         the one switch between CPU-tuned and plain programs.
-  cpu            what exists only to make XLA's CPU backend faster (used via tuning).
-  envs           on-device gymnax adapter, Gymnasium vector envs for host actors.
-  actors         on-device rollouts, host actor threads, the parameter server.
-  replay         prioritized replay (sum tree) as pure functions.
-  networks       flax policy, value and Q networks (MLP, CNN, Nature or IMPALA torso).
-  initializers   orthogonal init without LAPACK (batched LAPACK hangs XLA's CPU pool).
-  distributions  categorical, diagonal-Gaussian and ε-greedy action distributions.
+  replay         prioritized replay (sum tree), frame-deduplicated replay: pure functions.
+  nn             flax torsos and heads, LAPACK-free initializers, action distributions.
   parallel       device mesh and shard_map helpers (the only module that knows meshes).
   distributed    jax.distributed for several processes.
-  checkpoint     orbax checkpoints of a run and of its final parameters.
-  evaluation     greedy episodes on device or on host envs.
+  envs           one EnvSpec and Step; gymnax (on device), Gymnasium, EnvPool and Atari
+                 envs (host); the episode player.
+  agents         the registry and its rules; per agent a config and its pure functions.
+  run            the run shell both paths share and every side effect of a run:
+                 settings, checkpoints, writers, config.json, SIGTERM, memory check.
+  anakin         the on-device acting path: one compiled program, one generic update.
+  sebulba        the host acting path: actor threads or Ray actors, parameter server,
+                 learner; A3C's parameter server.
+  api, policy    make_config/train and load_policy.
+  cli            absl flags generated from the configs.
 """
 
 __version__ = "0.1.0"
