@@ -30,7 +30,7 @@ import time
 
 from absl import app, flags, logging
 
-from jaxrl_dist import cli, errors
+from jaxrl_dist import api, cli, errors
 from jaxrl_dist.run import sigterm
 
 cli.define_agent_flags()
@@ -82,36 +82,6 @@ def check_workdir_writable(workdir: str) -> None:
         ) from None
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise errors.ConfigError(f"--workdir={workdir} is not writable")
-
-
-def check_resume(workdir: str, config) -> None:
-    """Raises ConfigError unless ``workdir`` holds a run made with this config and seed
-    (how it compiled does not matter: a run resumes under any tier or backend)."""
-    import dataclasses
-
-    from jaxrl_dist.run import writers
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise errors.ConfigError(f"--resume: {workdir} holds no run (no config.json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if not isinstance(saved, dict):
-            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise errors.ConfigError(
-            f"--resume: {path} is damaged ({type(e).__name__}: {e}); restore it from a "
-            "copy, or start a new run in another --workdir"
-        ) from None
-    now = {k: writers.jsonable(v) for k, v in dataclasses.asdict(config).items()}
-    now.update(agent=config.agent, seed=FLAGS.seed, num_seeds=FLAGS.num_seeds)
-    for name, value in now.items():
-        if saved.get(name) != value:
-            raise errors.ConfigError(
-                f"--resume: the run in {workdir} has {name}={saved.get(name)!r}, "
-                f"the flags give {value!r}; resume with the same settings"
-            )
 
 
 def apply_config_file(path: str) -> None:
@@ -180,9 +150,9 @@ def check_run():
         workdir = FLAGS.workdir or os.path.join(
             "runs", f"{FLAGS.env.replace(':', '-')}-{FLAGS.agent}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
-        if FLAGS.resume:
-            check_resume(workdir, config)
-        elif files.holds_run(workdir) and not FLAGS.overwrite:
+        # The API's checks (the resume check among them), before the workdir is touched.
+        api.check(config, workdir=workdir, **train_settings(host))
+        if not FLAGS.resume and files.holds_run(workdir) and not FLAGS.overwrite:
             raise errors.ConfigError(
                 f"--workdir={workdir} already holds a run (metrics.jsonl records or "
                 "checkpoints); choose a new --workdir, pass --overwrite, or --resume it"
@@ -220,6 +190,15 @@ def clear_workdir(workdir: str, leftovers: bool) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("workdir cleared")
+
+
+def train_settings(host) -> dict:
+    """``api.train``'s settings from the flags: the run's and, for host actors,
+    the layout's (``host``: ``cli.host_settings_from_flags()``)."""
+    import dataclasses
+
+    layout = {} if host is None else dataclasses.asdict(host)
+    return {**dataclasses.asdict(settings_from_flags()), **layout}
 
 
 def settings_from_flags():
@@ -282,11 +261,9 @@ def main(argv):
     sigterm.handle()  # back from JAX's preemption notifier
     config, host, workdir, leftovers = check_run()
     from jaxrl_dist import tuning
-    from jaxrl_dist.anakin import training
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
     clear_workdir(workdir, leftovers)
-    settings = settings_from_flags()
     primary = distributed.is_primary()
     if primary:
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)
@@ -294,12 +271,7 @@ def main(argv):
             print(note, flush=True)
     progress = lambda s: print(s, flush=True)
     try:
-        if host is None:
-            training.train(config, settings, workdir, log=progress)
-        else:
-            from jaxrl_dist.sebulba import training as host_training
-
-            host_training.train_host(config, settings, host, workdir, log=progress)
+        api.train(config, workdir=workdir, log=progress, **train_settings(host))
     except errors.ConfigError as e:
         cli.fail(str(e))
     except errors.NonFiniteError as e:

@@ -5,6 +5,9 @@ raises ``errors.ConfigError`` (one line naming the argument), as the command lin
 refuses it. ``train`` picks the acting path from the env: a gymnax id (or a gymnax
 ``Environment`` object) acts on device, ``gymnasium:<id>`` (or a Gymnasium env
 factory) with host actors (threads, or Ray actor processes with ``ray_actors=N``).
+``check`` makes ``train``'s first checks alone (``experiments/train.py`` calls it
+before it touches the workdir); the rules themselves live in ``agents`` (agent, env
+and acting path), the configs' ``validate`` and ``run`` (settings, config.json).
 """
 
 import dataclasses
@@ -76,18 +79,13 @@ def make_config(agent: str, env: Any, *, env_params: Any = None, **overrides):
       it again for its devices).
 
     Raises:
-      ConfigError: an unknown agent, env or field, a value out of range, or an agent
-        that cannot act in the env's action space (one line naming the argument).
+      ConfigError: an unknown agent, env or field, a value out of range, an agent
+        that cannot act in the env's action space, or a torso that cannot take its
+        observations (one line naming the argument, as the command line says it:
+        ``agents.checked_config``, the config's ``validate``).
     """
-    from jaxrl_dist import cli
-
     env_id = _env_id(env, env_params)
-    cli.check_env_and_agent(agent, env_id)
-    names = {f.name for f in dataclasses.fields(agents.default_config(agent, env_id))}
-    for name in overrides:
-        if name not in names:
-            raise errors.ConfigError(f"--{name} does not apply to --agent={agent}")
-    return agents.default_config(agent, env_id, **overrides).validate(1)
+    return agents.checked_config(agent, env_id, overrides).validate(1)
 
 
 def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -104,6 +102,60 @@ def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
         )
     run = {k: v for k, v in settings.items() if k in run_names}
     return run, {k: v for k, v in settings.items() if k in host_names}
+
+
+class _Checked(NamedTuple):
+    """``check``'s result: the run's settings and, for host actors, their layout."""
+
+    run: Any  # RunSettings
+    host: Any  # host_training.HostSettings, or None on device
+
+
+def _check(config, workdir: str | None, settings: dict[str, Any]) -> _Checked:
+    from jaxrl_dist.envs import gymnasium_env
+    from jaxrl_dist.run import config_file
+    from jaxrl_dist.run.settings import RunSettings
+    from jaxrl_dist.sebulba import training as host_training
+
+    run, host = _split_settings(settings)
+    run = RunSettings(**run).check()
+    if not gymnasium_env.is_gymnasium(config.env):
+        agents.check_host_only(config.env, sorted(host))
+        layout, runs_as = None, config
+    else:
+        agents.check_host_seeds(config.env, run.num_seeds)
+        layout, runs_as = host_training.HostSettings(**host), config
+        if layout.ray_actors and gymnasium_env.gymnasium_id(config.env).startswith(
+                f"{FACTORY_NAMESPACE}/"):
+            raise errors.ConfigError(
+                "ray_actors: an env factory registered in this process does not reach Ray "
+                "actor processes; register the env in a module and use gymnasium:<module>:<id>"
+            )
+        if run.resume and workdir:
+            import jax
+
+            # The config as the host path runs it (num_envs from the layout), as written.
+            runs_as = host_training.host_config(
+                config, layout.resolve(jax.local_device_count()), jax.process_count())
+    if run.resume and workdir:
+        config_file.check_resume(workdir, runs_as, run.seed, run.num_seeds)
+    return _Checked(run, layout)
+
+
+def check(config, *, workdir: str | None = None, **settings) -> None:
+    """The checks ``train`` makes before it builds anything, alone: nothing is built,
+    compiled or written (the command line makes them before it touches ``workdir``).
+
+    Args: as ``train``'s.
+
+    Raises:
+      ConfigError: an unknown setting, host-actor settings for an on-device env
+        (``agents.check_host_only``), a bad run setting (``RunSettings.check``), more
+        than one seed with host actors (``agents.check_host_seeds``), or with
+        ``resume`` a ``workdir`` that holds no run of this config, seed and
+        ``num_seeds`` (``run.config_file.check_resume``).
+    """
+    _check(config, workdir, settings)
 
 
 def train(config, *, workdir: str | None = None, progress_fn: ProgressFn | None = None,
@@ -126,32 +178,21 @@ def train(config, *, workdir: str | None = None, progress_fn: ProgressFn | None 
       A ``TrainResult``.
 
     Raises:
-      ConfigError: bad settings (before anything compiles or is written).
+      ConfigError: bad settings (``check``; then the acting path's own: the agent on
+        that path (``agents.check_on_device``, ``agents.check_host``), the layout, the
+        memory needed, the checkpoint to resume), before anything compiles or is
+        written.
       NonFiniteError, ActorError, KeyboardInterrupt: as the command line's run stops
         (what finished is kept in ``workdir``).
     """
     from jaxrl_dist.anakin import training
-    from jaxrl_dist.envs import gymnasium_env
-    from jaxrl_dist.run.settings import RunSettings
     from jaxrl_dist.sebulba import training as host_training
 
-    run, host = _split_settings(settings)
-    if not gymnasium_env.is_gymnasium(config.env):
-        if host:
-            raise errors.ConfigError(
-                f"{', '.join(sorted(host))} apply only to host actors (env gymnasium:<id>)"
-            )
-        summary = training.train(config, RunSettings(**run), workdir, log, progress_fn)
+    run, layout = _check(config, workdir, settings)
+    if layout is None:
+        summary = training.train(config, run, workdir, log, progress_fn)
     else:
-        layout = host_training.HostSettings(**host)
-        if layout.ray_actors and gymnasium_env.gymnasium_id(config.env).startswith(
-                f"{FACTORY_NAMESPACE}/"):
-            raise errors.ConfigError(
-                "ray_actors: an env factory registered in this process does not reach Ray "
-                "actor processes; register the env in a module and use gymnasium:<module>:<id>"
-            )
-        summary = host_training.train_host(config, RunSettings(**run), layout, workdir, log,
-                                           progress_fn)
+        summary = host_training.train_host(config, run, layout, workdir, log, progress_fn)
     last = {k: v for k, v in summary.items()
             if k not in ("params", "history", "state", "eval/returns")}
     return TrainResult(summary["params"], summary["history"], workdir, last)

@@ -16,9 +16,7 @@ An on-device run with ``--num_seeds=S`` saved ``S`` sets of parameters (a leadin
 axis); ``seed_index`` picks one. A host-actor run (``--env=gymnasium:<id>``) saved one.
 """
 
-import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,7 +27,7 @@ import numpy as np
 
 from jaxrl_dist import agents, errors
 from jaxrl_dist.nn import distributions
-from jaxrl_dist.run import checkpoint
+from jaxrl_dist.run import checkpoint, config_file
 
 
 class PolicySpec(NamedTuple):
@@ -100,14 +98,14 @@ def load_policy(workdir: str, seed: int = 0) -> Policy:
         holds no ``config.json`` or ``checkpoint/``, either is damaged or does not
         match the other, or ``seed`` is not one of the run's seeds.
     """
-    record = read_config(workdir)
+    record = config_file.read(workdir)
     directory = os.path.join(workdir, "checkpoint")
     if not os.path.isdir(directory):
         raise errors.ConfigError(
             f"--workdir={workdir} holds no final parameters ({directory} is missing: the "
             "run has not finished, or stopped before its first update)"
         )
-    config = config_from_record(record, os.path.join(workdir, "config.json"))
+    config = config_file.config_from_record(record, os.path.join(workdir, config_file.NAME))
     spec = env_spec(config.env)
     agent = agents.make_agent(config, spec, 1)
     seed_index = seed
@@ -120,56 +118,6 @@ def load_policy(workdir: str, seed: int = 0) -> Policy:
         spec=spec, config=config, params=params, seed_index=seed_index,
         num_seeds=num_seeds, epsilon=epsilon, workdir=workdir,
     )
-
-
-def read_config(workdir: str) -> dict[str, Any]:
-    """``<workdir>/config.json`` as a dict.
-
-    Raises:
-      ConfigError: ``workdir`` or its config.json is missing, or config.json is not a
-        JSON object naming an agent and an env.
-    """
-    if not os.path.isdir(workdir):
-        raise errors.ConfigError(f"--workdir={workdir} does not exist (or is not a directory)")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise errors.ConfigError(f"--workdir={workdir} holds no run ({path} is missing)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-        if not isinstance(record, dict):
-            raise ValueError(f"a JSON {type(record).__name__}, not an object")
-        for name in ("agent", "env"):
-            if not isinstance(record.get(name), str):
-                raise ValueError(f"no {name!r} entry")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise errors.ConfigError(f"{path} is damaged ({type(e).__name__}: {e})") from None
-    return record
-
-
-def config_from_record(record: dict[str, Any], path: str = "config.json"):
-    """The agent's config rebuilt from a config.json ``record``: its agent's per-env
-    defaults (``agents.default_config``) with every config field the record holds (JSON
-    lists back to tuples; run settings such as ``seed`` ignored).
-
-    Raises:
-      ConfigError: an unknown agent, or fields the agent's config refuses (``path``
-        names the file in the message).
-    """
-    agent, env = record["agent"], record["env"]
-    if agent not in agents.AGENTS:
-        raise errors.ConfigError(
-            f"{path} names agent {agent!r}, not one of {', '.join(agents.AGENTS)}"
-        )
-    fields = {f.name for f in dataclasses.fields(agents.default_config(agent, env))}
-    values = {
-        name: tuple(value) if isinstance(value, list) else value
-        for name, value in record.items() if name in fields - {"env"}
-    }
-    try:
-        return agents.default_config(agent, env, **values).validate(1)
-    except (errors.ConfigError, TypeError, ValueError) as e:
-        raise errors.ConfigError(f"{path} holds a config that does not build: {e}") from None
 
 
 def env_spec(env: str) -> PolicySpec:

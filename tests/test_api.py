@@ -82,8 +82,80 @@ def test_api_bad_input_is_a_config_error():
     config = jaxrl_dist.make_config("ppo", "CartPole-v1")
     with pytest.raises(errors.ConfigError, match="unknown setting.*actor_thread"):
         jaxrl_dist.train(config, actor_thread=2)
-    with pytest.raises(errors.ConfigError, match="apply only to host actors"):
+    with pytest.raises(errors.ConfigError, match=r"^--actor_threads applies only to host actors"):
         jaxrl_dist.train(config, actor_threads=2)
+
+
+# The rules the command line and the API share, with the command line's words
+# (tests/cli/test_cli.py's BAD_INPUTS), each refused before anything is built.
+SHARED_RULES = [
+    (dict(agent="sac", env="CartPole-v1"), "--agent must be one of ppo, impala, a2c"),
+    (dict(agent="apex", env="Pendulum-v1"), "--agent=apex acts in Discrete action spaces"),
+    (dict(agent="a2c", env="CartPole-v1", clip_eps=0.3),
+     "--clip_eps does not apply to --agent=a2c"),
+    (dict(agent="ppo", env="CartPole-v1", torso="cnn"),
+     "--torso=cnn needs image observations [H, W, C]; --env=CartPole-v1"),
+    (dict(agent="ppo", env="CartPole-v1", num_envs=-4), "--num_envs must be > 0, got -4"),
+    (dict(agent="ppo", env="CartPole-v1", total_steps=0), "--total_steps must be > 0, got 0"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), SHARED_RULES)
+def test_make_config_refuses_as_the_command_line_does(args, message):
+    with pytest.raises(errors.ConfigError) as info:
+        jaxrl_dist.make_config(**args)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_train_refuses_a3c_without_workers_and_host_seeds_as_the_command_line_does():
+    from jaxrl_dist import agents
+
+    on_device = jaxrl_dist.make_config("a3c", "CartPole-v1")
+    with pytest.raises(errors.ConfigError) as info:
+        jaxrl_dist.train(on_device, log=lambda s: None)
+    assert str(info.value) == agents.NEEDS_WORKERS.format(agent="a3c")
+    host = jaxrl_dist.make_config("a3c", "gymnasium:CartPole-v1")
+    with pytest.raises(errors.ConfigError) as info:
+        jaxrl_dist.train(host, actor_threads=1, log=lambda s: None)
+    assert str(info.value) == agents.NEEDS_WORKERS.format(agent="a3c")
+    with pytest.raises(errors.ConfigError, match="^--deterministic does not apply to --agent=a3c"):
+        jaxrl_dist.train(host, ray_actors=2, deterministic=True, log=lambda s: None)
+    ppo = jaxrl_dist.make_config("ppo", "gymnasium:CartPole-v1")
+    with pytest.raises(errors.ConfigError) as info:
+        jaxrl_dist.train(ppo, num_seeds=2, log=lambda s: None)
+    assert str(info.value) == (
+        "--num_seeds must be 1 with host actors (--env=gymnasium:CartPole-v1), got 2")
+
+
+def test_resume_checks_the_workdir_s_config_json_before_anything_is_built(tmp_path):
+    from jaxrl_dist import api
+    from jaxrl_dist.run import config_file
+
+    config = jaxrl_dist.make_config("ppo", "CartPole-v1", total_steps=2048, num_envs=8,
+                                    rollout_len=32)
+    empty = tmp_path / "empty"
+    with pytest.raises(errors.ConfigError) as info:
+        jaxrl_dist.train(config, workdir=str(empty), resume=True)
+    assert str(info.value) == f"--resume: {empty} holds no run (no config.json)"
+    assert not empty.exists()
+    config_file.write(str(tmp_path), config, agent="ppo", seed=0, num_seeds=1)
+    api.check(config, workdir=str(tmp_path), resume=True)  # the same run
+    with pytest.raises(errors.ConfigError) as info:
+        jaxrl_dist.train(config, workdir=str(tmp_path), resume=True, seed=3)
+    assert str(info.value) == (f"--resume: the run in {tmp_path} has seed=0, the flags give 3; "
+                               "resume with the same settings")
+    # Host actors: compared as the host path runs it (num_envs from the layout).
+    host = jaxrl_dist.make_config("ppo", "gymnasium:CartPole-v1", total_steps=2048,
+                                  rollout_len=32)
+    layout = dict(actor_threads=1, envs_per_thread=8, learner_devices=(0,))
+    from jaxrl_dist.sebulba import training as host_training
+
+    runs_as = host_training.host_config(host, host_training.HostSettings(**layout).resolve(4))
+    config_file.write(str(tmp_path), runs_as, agent="ppo", seed=0, num_seeds=1)
+    api.check(host, workdir=str(tmp_path), resume=True, **layout)
+    with pytest.raises(errors.ConfigError, match="has num_envs=8, the flags give 16"):
+        api.check(host, workdir=str(tmp_path), resume=True,
+                             **dict(layout, envs_per_thread=16))
 
 
 def test_env_module_and_module_id_on_the_command_line():

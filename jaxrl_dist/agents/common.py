@@ -127,11 +127,15 @@ def check_torso_fits(torso: str, obs_shape: tuple[int, ...], env: str) -> None:
 
 
 def check_positive_ints(config, *names: str) -> None:
-    """Raises ConfigError unless each named field is an int > 0."""
+    """Raises ConfigError unless each named field is an int > 0: ``--name must be a
+    positive integer, got 2.5`` (not an int), ``--name must be > 0, got 0`` (as the
+    float fields say it)."""
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, int) or isinstance(value, bool):
             raise errors.ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        if value <= 0:
+            raise errors.ConfigError(f"--{name} must be > 0, got {value!r}")
 
 
 def check_positive_floats(config, *names: str) -> None:

@@ -4,15 +4,14 @@ Every bad input ends the program with a one-line ``error: ...`` on stderr and
 exit code 2, before anything is compiled or written.
 """
 
-import dataclasses
 import decimal
 import os
 import sys
 
 from absl import flags
 
-from jaxrl_dist import errors
-from jaxrl_dist.agents import AGENTS, common
+from jaxrl_dist import agents, errors
+from jaxrl_dist.agents import AGENTS
 from jaxrl_dist.cli import config_flags
 
 # Flags of the host-actor layout (``host_training.HostSettings``); only with gymnasium:<id>.
@@ -301,44 +300,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
-def check_env_and_agent(agent: str, env_id: str) -> tuple[int, ...]:
-    """The env's observation shape; raises ConfigError unless ``agent`` can act in its spaces.
-
-    ``env_id`` is a gymnax id, or ``gymnasium:<id>`` for a Gymnasium env.
-    """
-    if agent not in AGENTS:
-        raise errors.ConfigError(f"--agent must be one of {', '.join(AGENTS)}, got {agent!r}")
-    from jaxrl_dist.envs import gymnasium_env
-
-    if gymnasium_env.is_gymnasium(env_id):
-        spec = gymnasium_env.make_spec(env_id)
-        action_space, obs_shape = type(spec.action_space).__name__, spec.obs_shape
-    else:
-        action_space, obs_shape = _gymnax_spaces(env_id)
-    if action_space not in AGENTS[agent].action_spaces:
-        raise errors.ConfigError(
-            f"--agent={agent} acts in {' or '.join(AGENTS[agent].action_spaces)} action spaces; "
-            f"--env={env_id} has {action_space}"
-        )
-    return obs_shape
-
-
-def _gymnax_spaces(env_id: str) -> tuple[str, tuple[int, ...]]:
-    from jaxrl_dist.envs import gymnax_env
-
-    gymnax_env.check_env_id(env_id)
-    try:
-        env, params = gymnax_env.make(env_id)
-        action_space = type(env.action_space(params)).__name__
-        obs_space = type(env.observation_space(params)).__name__
-        obs_shape = tuple(env.observation_space(params).shape)
-    except Exception as e:  # noqa: BLE001 - any failure to build the env is bad input
-        raise errors.ConfigError(f"--env={env_id} could not be created: {e}") from None
-    if obs_space != "Box":
-        raise errors.ConfigError(
-            f"--env={env_id} has a {obs_space} observation space; only Box is supported"
-        )
-    return action_space, obs_shape
+# The agent/env rule lives in the registry (the Python API uses it too).
+check_env_and_agent = agents.check_env_and_agent
 
 
 def check_positive(**values) -> None:
@@ -391,11 +354,6 @@ def host_settings_from_flags():
             "--terminal_on_life_loss applies only to Atari games (--env=gymnasium:ALE/"
             f"<Game>-v5 or envpool:<Game>-v5), got --env={FLAGS.env}"
         )
-    if FLAGS.agent == "a3c" and values.get("deterministic"):
-        raise errors.ConfigError(
-            "--deterministic does not apply to --agent=a3c: its workers' gradients are "
-            "applied in arrival order"
-        )
     for name in ("actor_devices", "learner_devices"):
         if name in values:
             values[name] = _device_ids(name)
@@ -435,25 +393,21 @@ def config_from_flags():
     """The validated config of ``--agent`` from flags over the env's defaults.
 
     With ``--env=gymnasium:<id>`` (host actors) ``num_envs`` comes from the actor
-    layout; use ``host_settings_from_flags`` for the layout itself.
+    layout; use ``host_settings_from_flags`` for the layout itself. The rules the
+    Python API shares live in ``agents`` (``check_env_and_agent``, ``checked_config``,
+    ``check_on_device``, ``check_host``, ``check_host_only``, ``check_host_seeds``)
+    and in the configs' ``validate``.
 
     Raises:
       ConfigError: any bad value, or a flag that does not apply to the agent or
         to the acting path.
     """
-    from jaxrl_dist import agents, parallel
+    from jaxrl_dist import parallel
     from jaxrl_dist.envs import gymnasium_env
 
     import_env_modules()
-    obs_shape = check_env_and_agent(FLAGS.agent, FLAGS.env)
-    check_positive(
-        num_envs=FLAGS.num_envs, rollout_len=FLAGS.rollout_len, total_steps=FLAGS.total_steps,
-        num_epochs=FLAGS.num_epochs, num_minibatches=FLAGS.num_minibatches, lr=FLAGS.lr,
-        n_step=FLAGS.n_step, buffer_capacity=FLAGS.buffer_capacity,
-        batch_size=FLAGS.batch_size, learner_steps=FLAGS.learner_steps,
-        target_update_period=FLAGS.target_update_period,
-        num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices,
-    )
+    obs_shape = agents.check_env_and_agent(FLAGS.agent, FLAGS.env)
+    check_positive(num_seeds=FLAGS.num_seeds, num_devices=FLAGS.num_devices)
     if not -(2**31) <= FLAGS.seed < 2**31:  # jax.random.key takes a 32-bit seed
         raise errors.ConfigError(
             f"--seed must be in [{-(2**31)}, {2**31 - 1}], got {FLAGS.seed}"
@@ -471,39 +425,23 @@ def config_from_flags():
                 f"--chunk_compile does not apply to host actors (--env={FLAGS.env}); it "
                 "picks how the on-device training chunk compiles"
             )
-        if FLAGS.num_seeds != 1:
-            raise errors.ConfigError(
-                f"--num_seeds must be 1 with host actors (--env={FLAGS.env}), "
-                f"got {FLAGS.num_seeds}"
-            )
+        agents.check_host_seeds(FLAGS.env, FLAGS.num_seeds)
+        agents.check_host(FLAGS.agent, FLAGS.ray_actors, bool(FLAGS.deterministic))
     else:
-        for name in HOST_FLAGS:
-            if FLAGS[name].value is not None:
-                raise errors.ConfigError(
-                    f"--{name} applies only to host actors (--env=gymnasium:<id>)"
-                )
-    if FLAGS.agent == "a3c" and not (host and FLAGS.ray_actors):
-        from jaxrl_dist.agents.a3c import agent as a3c_learner
+        agents.check_host_only(
+            FLAGS.env, [name for name in HOST_FLAGS if FLAGS[name].value is not None]
+        )
+        agents.check_on_device(FLAGS.agent)
+    config = agents.checked_config(FLAGS.agent, FLAGS.env, config_overrides(), obs_shape)
+    import jax
 
-        raise errors.ConfigError(a3c_learner.NEEDS_WORKERS)
-    overrides = config_overrides()
-    fields = {f.name for f in dataclasses.fields(agents.default_config(FLAGS.agent, FLAGS.env))}
-    for name in overrides:
-        if name not in fields:
-            raise errors.ConfigError(f"--{name} does not apply to --agent={FLAGS.agent}")
-    config = agents.default_config(FLAGS.agent, FLAGS.env, **overrides)
-    common.check_torso_fits(config.torso, obs_shape, FLAGS.env)
     if host:
         from jaxrl_dist.sebulba import training as host_training
 
         layout = host_settings_from_flags()
-        import jax
-
         return host_training.host_config(config, layout, jax.process_count()).validate(
             len(layout.learner_devices) * jax.process_count()
         )
-    import jax
-
     if jax.process_count() > 1 and FLAGS.num_devices not in (None, jax.device_count()):
         raise errors.ConfigError(
             f"--num_devices must be unset in a multi-process run (the mesh spans all "

@@ -7,13 +7,12 @@ and its help from the config classes' ``HELP``. An unset flag (``None``) leaves 
 per-agent, per-env default. Values are checked by the config's own ``validate``, so a
 flag and the Python API refuse the same values with the same one-line message.
 
-``--config=PATH`` takes a finished run's ``config.json`` (as ``run/files.py`` writes
-it) and sets every flag it names that the command line does not give, so the run is
+``--config=PATH`` takes a finished run's ``config.json`` (``run/config_file.py`` writes
+and reads it) and sets every flag it names that the command line does not give, so the run is
 made again exactly (same ``params_sha256`` on the same platform).
 """
 
 import dataclasses
-import json
 import typing
 from typing import Any, NamedTuple
 
@@ -109,26 +108,25 @@ def value(flag: FieldFlag, raw: Any) -> Any:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """The JSON object in ``path`` (a run's config.json).
+    """The JSON object in ``path`` (a run's config.json, read by ``run.config_file.load``).
 
     Raises:
-      ConfigError: missing, unreadable, not JSON, not an object, or without ``agent``.
+      ConfigError: missing, unreadable, not JSON, or not an object with ``agent`` and
+        ``env`` (one line naming ``--config=path``).
     """
+    from jaxrl_dist.run import config_file
+
     try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        return config_file.load(path)
     except FileNotFoundError:
         raise errors.ConfigError(f"--config={path} does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise errors.ConfigError(
-            f"--config={path} cannot be read as JSON ({type(e).__name__}: {e})"
-        ) from None
-    if not isinstance(saved, dict) or "agent" not in saved or "env" not in saved:
-        raise errors.ConfigError(
-            f"--config={path} is not a run's config.json (a JSON object with agent, env "
-            "and the config's fields)"
-        )
-    return saved
+    except config_file.Unreadable as e:
+        if e.not_a_run:
+            raise errors.ConfigError(
+                f"--config={path} is not a run's config.json (a JSON object with agent, env "
+                "and the config's fields)"
+            ) from None
+        raise errors.ConfigError(f"--config={path} cannot be read as JSON ({e})") from None
 
 
 def file_values(saved: dict[str, Any], flag_names: set[str]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ prepare (initial state, compile), train (log points: records, progress, finite
 guard, checkpoint cadence), evaluate, and finish (final params, summary, plot).
 
   settings  ``RunSettings`` and the log/checkpoint cadence.
-  files     metrics history, config.json, writers, identity check on resume.
+  files     metrics history, writers, the checkpoint identity check on resume.
+  config_file  config.json's one writer and one reader (and the --resume check of it).
   progress  the console progress line (one ``progress_fn``).
   shell     the ``ActingPath`` protocol and ``run``.
   memory    the device memory a run needs, checked before compiling.

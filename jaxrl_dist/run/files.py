@@ -1,4 +1,5 @@
-"""A run's files: metrics history, config.json, the writers, and the resume identity check."""
+"""A run's files: metrics history, the writers (config.json through ``config_file``), and
+the checkpoint identity check on resume."""
 
 import json
 import os
@@ -7,7 +8,7 @@ from typing import Any
 import jax
 
 from jaxrl_dist import errors
-from jaxrl_dist.run import writers
+from jaxrl_dist.run import config_file, writers
 
 
 def read_history(workdir: str, max_env_steps: int) -> tuple[list[dict[str, Any]], list[int]]:
@@ -111,5 +112,5 @@ def open_writer(workdir: str, history: list[dict] | None, purge_step: int | None
         workdir, history, purge_step=purge_step, wandb_project=wandb_project,
         config=dict(dataclasses.asdict(config), agent=config.agent, seed=config_record["seed"]),
     )
-    writers.write_config(workdir, config, agent=config.agent, **config_record)
+    config_file.write(workdir, config, agent=config.agent, **config_record)
     return writer

@@ -1,6 +1,6 @@
-"""Host-side outputs: metrics.jsonl, TensorBoard events, config.json, the learning-curve PNG."""
+"""Host-side outputs: metrics.jsonl, TensorBoard events, the learning-curve PNG (config.json:
+``run/config_file.py``)."""
 
-import dataclasses
 import json
 import math
 import os
@@ -120,15 +120,6 @@ def start_wandb(project: str, workdir: str, config: dict[str, Any]):
         project=project, dir=workdir, name=run_id, id=run_id, resume="allow",
         config={k: jsonable(v) for k, v in config.items()},
     )
-
-
-def write_config(workdir: str, config: Any, **extra: Any) -> str:
-    """Writes the resolved config (a dataclass) and ``extra`` run settings to config.json."""
-    path = os.path.join(workdir, "config.json")
-    record = dict(dataclasses.asdict(config), **extra)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({k: jsonable(v) for k, v in record.items()}, f, indent=2, sort_keys=True)
-    return path
 
 
 class CurveSeries(NamedTuple):

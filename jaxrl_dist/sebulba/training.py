@@ -388,11 +388,7 @@ class HostPath:
     def __init__(self, config, settings: RunSettings, host: HostSettings, log,
                  make_env: Callable | None = None, learner_step: LearnerStep | None = None):
         self.learner_step = learner_step if learner_step is not None else step_for(config, host)
-        if settings.num_seeds != 1:
-            raise errors.ConfigError(
-                f"--num_seeds must be 1 with host actors (--env={config.env}), got "
-                f"{settings.num_seeds}"
-            )
+        agents.check_host_seeds(config.env, settings.num_seeds)
         # Several processes: each runs the same layout on its own (local) devices; device
         # indices in ``host`` are local; the learner mesh spans every process's learners.
         self.num_processes, self.process = jax.process_count(), jax.process_index()

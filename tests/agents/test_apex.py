@@ -211,7 +211,7 @@ def test_priority_beta_reaches_its_end_value_at_the_last_update():
     (dict(batch_size=30), "--batch_size must be divisible by the number of devices"),
     (dict(buffer_capacity=32), "--buffer_capacity must be >= num_envs * rollout_len"),
     (dict(learning_starts=4096), "--learning_starts must be <= --buffer_capacity"),
-    (dict(n_step=0), "--n_step must be a positive integer"),
+    (dict(n_step=0), "--n_step must be > 0, got 0"),
     (dict(epsilon=1.5), "--epsilon must be in"),
 ])
 def test_bad_configs_name_the_flag(overrides, message):

@@ -16,7 +16,7 @@ import pytest
 
 from jaxrl_dist import agents, errors, parallel
 from jaxrl_dist.anakin import on_device, training
-from jaxrl_dist.run import checkpoint, writers
+from jaxrl_dist.run import checkpoint, config_file
 from tests import multiprocess as mp
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
@@ -77,7 +77,7 @@ def test_resume_with_another_config_is_a_clear_error(tmp_path):
     workdir.mkdir()
     config = agents.default_config("ppo", "CartPole-v1", num_envs=4, rollout_len=32,
                                    total_steps=40960)
-    writers.write_config(str(workdir), config, agent="ppo", seed=0, num_seeds=1)
+    config_file.write(str(workdir), config, agent="ppo", seed=0, num_seeds=1)
     proc = mp.start(mp.TRAIN, [*ARGS, f"--workdir={workdir}", "--resume", "--lr=0.1"])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2

@@ -77,6 +77,8 @@ BAD_INPUTS = [
     (["--agent=a3c", "--env=gymnasium:CartPole-v1"], "--agent=a3c needs gradient workers"),
     (["--agent=a3c", "--env=gymnasium:CartPole-v1", "--ray_actors=2", "--deterministic"],
      "--deterministic does not apply to --agent=a3c"),
+    (["--env=gymnasium:CartPole-v1", "--num_seeds=2"],
+     "--num_seeds must be 1 with host actors (--env=gymnasium:CartPole-v1), got 2"),
     (["--agent=impala", "--policy_lag=-1"], "--policy_lag must be an integer >= 0"),
     (["--agent=a2c", "--num_epochs=2"], "--num_epochs does not apply to --agent=a2c"),
     (["--agent=a2c", "--objective=kl"], "--objective does not apply to --agent=a2c"),
@@ -393,16 +395,16 @@ def test_train_takes_total_steps_in_scientific_notation_and_states_the_rounding(
 
 
 def test_agent_that_cannot_act_in_the_action_space(monkeypatch):
-    from jaxrl_dist import cli, errors
-    from jaxrl_dist.agents import AgentSpec
+    from jaxrl_dist import agents, errors
 
-    monkeypatch.setitem(cli.AGENTS, "discrete_only", AgentSpec("D", "none", ("Discrete",)))
+    monkeypatch.setitem(agents.AGENTS, "discrete_only",
+                        agents.AgentSpec("D", "none", ("Discrete",)))
     with pytest.raises(errors.ConfigError) as info:
-        cli.check_env_and_agent("discrete_only", "Pendulum-v1")
+        agents.check_env_and_agent("discrete_only", "Pendulum-v1")
     assert str(info.value) == (
         "--agent=discrete_only acts in Discrete action spaces; --env=Pendulum-v1 has Box"
     )
-    cli.check_env_and_agent("discrete_only", "CartPole-v1")  # no error
+    agents.check_env_and_agent("discrete_only", "CartPole-v1")  # no error
 
 
 def background_runs(items, tmp_path_factory):

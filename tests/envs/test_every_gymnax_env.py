@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_dist import agents, cli, errors, parallel
+from jaxrl_dist import agents, errors, parallel
 from jaxrl_dist.anakin import training
 from jaxrl_dist.envs import gymnax_env
 
@@ -129,14 +129,14 @@ def test_every_env_trains_or_is_refused_in_one_line(agent, env_id, monkeypatch):
     refusal = expected_refusal(agent, env_id)
     if refusal is not None:
         with pytest.raises(errors.ConfigError) as info:
-            cli.check_env_and_agent(agent, env_id)
+            agents.check_env_and_agent(agent, env_id)
         message = str(info.value)
         assert refusal in message and "\n" not in message, message
         if "acts in Discrete" in refusal:  # the library refuses it too, before compiling
             with pytest.raises(errors.ConfigError, match="needs a discrete action space"):
                 train(agent, env_id)
         return
-    assert cli.check_env_and_agent(agent, env_id)  # the env's observation shape
+    assert agents.check_env_and_agent(agent, env_id)  # the env's observation shape
     assert_finite_run(train(agent, env_id), tiny_config(agent, env_id))
 
 

@@ -183,3 +183,57 @@ def test_a_damaged_config_json_is_a_one_line_error(finished, tmp_path, content):
     assert proc.returncode == 2, err[-2000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "config.json is damaged" in lines[0], err
+
+
+def test_config_json_has_one_writer_and_one_reader(tmp_path):
+    """run/config_file.py writes config.json and reads it for every use: a finished run
+    (load_policy), --resume and --config, each naming what is wrong in its own words."""
+    from jaxrl_dist.cli import config_flags
+    from jaxrl_dist.run import config_file
+
+    path = config_file.write(str(tmp_path), CONFIG, agent="ppo", seed=3, num_seeds=1)
+    saved = config_file.read(str(tmp_path))
+    assert saved == config_file.load(path) == config_flags.read_config_file(path)
+    assert saved["hidden_sizes"] == [64, 64] and saved["seed"] == 3
+    assert config_file.config_from_record(saved) == CONFIG
+    config_file.check_resume(str(tmp_path), CONFIG, seed=3, num_seeds=1)
+    with pytest.raises(errors.ConfigError, match=r"has seed=3, the flags give 0; resume"):
+        config_file.check_resume(str(tmp_path), CONFIG, seed=0, num_seeds=1)
+
+    def messages(content):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(content)
+        said = []
+        for read in (lambda: config_file.read(str(tmp_path)),
+                     lambda: config_file.check_resume(str(tmp_path), CONFIG, 3, 1),
+                     lambda: config_flags.read_config_file(path)):
+            with pytest.raises(errors.ConfigError) as info:
+                read()
+            said.append(str(info.value))
+        return said
+
+    assert messages("[1, 2]") == [
+        f"{path} is damaged (ValueError: a JSON list, not an object)",
+        f"--resume: {path} is damaged (ValueError: a JSON list, not an object); restore it "
+        "from a copy, or start a new run in another --workdir",
+        f"--config={path} is not a run's config.json (a JSON object with agent, env and the "
+        "config's fields)",
+    ]
+    damaged = messages('{"agent": "ppo"')
+    assert damaged[0].startswith(f"{path} is damaged (JSONDecodeError: ")
+    assert damaged[1].startswith(f"--resume: {path} is damaged (JSONDecodeError: ")
+    assert damaged[2].startswith(f"--config={path} cannot be read as JSON (JSONDecodeError: ")
+    no_agent = messages('{"env": "CartPole-v1"}')
+    assert no_agent[0] == f"{path} is damaged (ValueError: no 'agent' entry)"
+    assert no_agent[2].startswith(f"--config={path} is not a run's config.json")
+    os.remove(path)
+    for read, message in [
+        (lambda: config_file.read(str(tmp_path)),
+         f"--workdir={tmp_path} holds no run ({path} is missing)"),
+        (lambda: config_file.check_resume(str(tmp_path), CONFIG, 3, 1),
+         f"--resume: {tmp_path} holds no run (no config.json)"),
+        (lambda: config_flags.read_config_file(path), f"--config={path} does not exist"),
+    ]:
+        with pytest.raises(errors.ConfigError) as info:
+            read()
+        assert str(info.value) == message
