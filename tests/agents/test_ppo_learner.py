@@ -188,9 +188,10 @@ def test_bad_config_is_one_line_error(overrides, devices, match):
 HANG_SCRIPT = (
     "import jaxrl_dist, jax\n"
     "from jaxrl_dist import parallel\n"
-    "from jaxrl_dist.agents.ppo import config, learner\n"
+    "from jaxrl_dist.agents.ppo import config\n"
+    "from jaxrl_dist.anakin import on_device\n"
     "cfg = config.default_config('CartPole-v1', num_envs=8, total_steps=8*128*2)\n"
-    "l = learner.Learner(cfg, parallel.make_mesh(4), num_seeds=2)\n"
+    "l = on_device.OnDeviceLearner(cfg, parallel.make_mesh(4), num_seeds=2)\n"
     "init_keys, keys = l.seed_keys(0)\n"
     "state, metrics = l.make_train_chunk(2)(l.init(init_keys), keys)\n"
     "print(int(jax.device_get(state.update_step)[1]))\n"

@@ -4,7 +4,6 @@ a learner step of PPO, IMPALA and Ape-X with each, an A3C worker gradient, and t
 refusals."""
 
 import math
-from types import SimpleNamespace
 
 import gymnasium
 import jax
@@ -266,7 +265,7 @@ def test_apex_learner_sees_the_pixels_the_actors_saw():
     q_acting = jnp.take_along_axis(agent.q_values(params, obs), action[:, None], axis=-1)
     np.testing.assert_allclose(q_mean, jnp.mean(q_acting), rtol=1e-5)
     # A host env's uint8 pixels are stored as uint8 (not --obs_storage's float32).
-    pixel_spec = SimpleNamespace(**image_spec((12, 12, 4))._asdict(), obs_dtype=np.uint8)
+    pixel_spec = image_spec((12, 12, 4))._replace(obs_dtype=np.uint8)
     pixel_agent = agents.make_agent(agent.config, pixel_spec)
     assert pixel_agent.obs_storage == jnp.uint8
 

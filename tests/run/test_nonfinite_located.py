@@ -60,7 +60,7 @@ def poison_rollouts(monkeypatch, when, **fields):
             })
             return env_state, traj, episodes
 
-        return self.agent.on_device_update(state, key, self.local_env_ids(), rollout)
+        return on_device.update(self.agent, state, key, self.local_env_ids(), rollout)
 
     monkeypatch.setattr(on_device.OnDeviceLearner, "_local_update", local_update)
 
