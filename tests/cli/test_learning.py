@@ -1,4 +1,12 @@
-"""End-to-end learning: each agent's default command solves CartPole-v1 on CPU."""
+"""End-to-end learning: each agent's default command solves CartPole-v1 on CPU, on each
+of three seeds (``slow``: ``python -m pytest -m slow tests/cli/test_learning.py``).
+
+The default suite asserts that each learner learns with fewer runs: the default PPO
+command solves CartPole (tests/test_policy.py, greedy >= 475 over 10 episodes), host
+actors solve it with PPO, IMPALA and Ape-X's ``learn`` (tests/sebulba/test_host_actors.py),
+and A2C's update equals IMPALA's with unit traces (tests/agents/). What only this module
+checks is robustness over seeds at the default budgets.
+"""
 
 import json
 
@@ -7,6 +15,8 @@ import pytest
 from jaxrl_dist import agents
 from jaxrl_dist.cpu import compile_options
 from tests.cli.test_cli import TRAIN, script_job
+
+pytestmark = pytest.mark.slow
 
 
 def background_runs(items, tmp_path_factory):
