@@ -6,7 +6,9 @@ first asks for them, each worker using its own core.
 
 import inspect
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 from concurrent.futures import Future
 
@@ -16,6 +18,22 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _session_compilation_cache() -> str:
+    """The session's directory of JAX's persistent compilation cache: one for the pytest
+    process and its xdist workers (whose parent it is), new for each session."""
+    controller = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
+    return os.path.join(tempfile.gettempdir(), f"jaxrl_dist_tests_xla_{controller}")
+
+
+# One persistent compilation cache for the session: the in-process tests, every xdist
+# worker and every process a test starts (they inherit the environment; a run's own
+# --compilation_cache=DIR replaces it). A program that several tests build alike (one
+# learner in two modules, a run and its resume, two processes of one mesh) compiles
+# once; what it computes is unchanged. A fresh clone's session starts it empty.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _session_compilation_cache())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 @pytest.fixture
@@ -161,3 +179,9 @@ def background(request, tmp_path_factory):
     runs = BackgroundRuns(jobs, lazy=hasattr(request.config, "workerinput"))
     yield runs
     runs.stop()
+
+
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with the session (on the pytest process)."""
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(_session_compilation_cache(), ignore_errors=True)

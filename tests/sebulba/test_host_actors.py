@@ -288,7 +288,17 @@ def background_runs(items, tmp_path_factory):
     ]
 
 
-@pytest.mark.parametrize("agent", sorted(HOST_LEARNING))
+# IMPALA and Ape-X are `slow`: Ray actors and threads compute exactly what each other
+# compute with every agent (tests/sebulba/test_ray_actors.py), threads solve CartPole
+# with PPO (below), and each agent's default command solves it on device
+# (tests/cli/test_learning.py).
+SLOW_HOST_LEARNING = ("apex", "impala")
+
+
+@pytest.mark.parametrize("agent", [
+    pytest.param(agent, marks=pytest.mark.slow) if agent in SLOW_HOST_LEARNING else agent
+    for agent in sorted(HOST_LEARNING)
+])
 def test_host_actors_solve_gymnasium_cartpole(background, agent):
     result = background.result(("host_learning", agent))
     assert result.returncode == 0, result.stderr
