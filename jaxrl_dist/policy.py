@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxrl_dist import agents, errors
 from jaxrl_dist.nn import distributions
-from jaxrl_dist.run import checkpoint, config_file
+from jaxrl_dist.run import checkpoint, config_file, files
 
 
 class PolicySpec(NamedTuple):
@@ -96,7 +96,10 @@ def load_policy(workdir: str, seed: int = 0) -> Policy:
     Raises:
       ConfigError: one line naming the path or argument: ``workdir`` is missing or
         holds no ``config.json`` or ``checkpoint/``, either is damaged or does not
-        match the other, or ``seed`` is not one of the run's seeds.
+        match the other, the parameters in ``checkpoint/`` are not those whose
+        ``params_sha256`` the run recorded in ``metrics.jsonl`` (a finished run's last
+        summary; a run without one is not checked), or ``seed`` is not one of the run's
+        seeds.
     """
     record = config_file.read(workdir)
     directory = os.path.join(workdir, "checkpoint")
@@ -145,6 +148,23 @@ def apex_epsilon(config) -> float:
     return float(config.epsilon ** (1.0 + config.epsilon_alpha))
 
 
+def _check_digest(directory: str, loaded: Any) -> None:
+    """Raises ``ConfigError`` unless the parameters loaded from ``directory`` have the
+    SHA-256 that the run recorded in its ``metrics.jsonl`` summary (``params_sha256``);
+    a run with no recorded digest is not checked."""
+    workdir = os.path.dirname(directory)
+    recorded = files.recorded_params_sha256(workdir)
+    if recorded is None:
+        return
+    found = checkpoint.params_sha256(loaded)
+    if found != recorded:
+        raise errors.ConfigError(
+            f"{directory} does not hold the run's final parameters: their SHA-256 is "
+            f"{found[:16]}..., {os.path.join(workdir, 'metrics.jsonl')} records "
+            f"{recorded[:16]}... (the checkpoint changed after the run; train it again)"
+        )
+
+
 def _load_params(directory: str, agent, seed_index: int) -> tuple[Any, int]:
     """``(params of seed seed_index, number of seeds)`` from the checkpoint in
     ``directory``, checked against the parameters ``agent`` makes (ConfigError)."""
@@ -155,6 +175,7 @@ def _load_params(directory: str, agent, seed_index: int) -> tuple[Any, int]:
         raise errors.ConfigError(
             f"{directory} cannot be read ({type(e).__name__}: {text})"
         ) from None
+    _check_digest(directory, loaded)
     expected = jax.eval_shape(agent.init_params, jax.random.key(0))
     paths, treedef = jax.tree_util.tree_flatten_with_path(expected)
     want = {jax.tree_util.keystr(p): x for p, x in paths}

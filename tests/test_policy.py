@@ -18,7 +18,7 @@ from jaxrl_dist import agents, errors
 from jaxrl_dist import policy as policy_lib
 from jaxrl_dist.anakin import training
 from jaxrl_dist.run import checkpoint
-from tests.cli.test_cli import ROOT, TRAIN, script_job
+from tests.cli.test_cli import ROOT, TRAIN, run_script, script_job
 
 EVALUATE = os.path.join(ROOT, "experiments", "evaluate.py")
 QUIET = dict(num_devices=1, eval_episodes=2, log_points=2, progress_every_s=1e9)
@@ -56,7 +56,8 @@ def background_runs(items, tmp_path_factory):
     jobs = []
     if names & {"test_evaluate_bad_input_is_one_line_exit_2", "test_gymnax_gif_per_episode",
                 "test_ppo_policy_picks_its_seed_and_acts_as_documented",
-                "test_checkpoint_of_another_config_is_refused"}:
+                "test_checkpoint_of_another_config_is_refused",
+                "test_a_changed_final_checkpoint_is_refused_by_load_policy_and_evaluate"}:
         jobs.append(script_job(
             "policy/train_seeds", TRAIN, f"--workdir={seeds}", "--num_seeds=2",
             "--total_steps=4096", "--num_envs=8", "--rollout_len=64", "--eval_episodes=2",
@@ -246,6 +247,33 @@ def test_checkpoint_of_another_config_is_refused(background, tmp_path):
     assert str(info.value).startswith(
         f"{tmp_path / 'checkpoint'} does not hold the parameters of config.json's --agent=ppo "
         "on --env=CartPole-v1 (expected ")
+
+
+def test_a_changed_final_checkpoint_is_refused_by_load_policy_and_evaluate(background,
+                                                                            tmp_path):
+    """One bit of one parameter changed (re-saved, so the files are sound): the digest
+    differs from the run's recorded ``params_sha256``; one line, evaluate.py exits 2."""
+    workdir = background.job("policy/train_seeds")["workdir"]
+    finished(background, "policy/train_seeds")
+    changed = tmp_path / "run"
+    shutil.copytree(workdir, changed, ignore=shutil.ignore_patterns("checkpoints"))
+    policy_lib.load_policy(str(changed))  # the copy as it was: accepted
+    params = checkpoint.load_params(str(changed / "checkpoint"))
+    leaf = jax.tree.leaves(params)[0]
+    leaf.view(np.uint32).flat[0] ^= 1  # the lowest mantissa bit of one float32
+    checkpoint.save_params(str(changed / "checkpoint"), params)
+    recorded = json.loads((changed / "metrics.jsonl").read_text().splitlines()[-1])
+    expected = (f"{changed / 'checkpoint'} does not hold the run's final parameters: their "
+                f"SHA-256 is {checkpoint.params_sha256(params)[:16]}..., "
+                f"{changed / 'metrics.jsonl'} records {recorded['params_sha256'][:16]}...")
+    with pytest.raises(errors.ConfigError) as info:
+        policy_lib.load_policy(str(changed))
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+    result = run_script(EVALUATE, f"--workdir={changed}", "--episodes=1", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: " + expected), result.stderr
+    assert result.stdout == ""
 
 
 def test_gymnax_gif_per_episode(background):

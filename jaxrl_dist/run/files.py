@@ -40,6 +40,26 @@ def read_history(workdir: str, max_env_steps: int) -> tuple[list[dict[str, Any]]
     return history, damaged
 
 
+def recorded_params_sha256(workdir: str) -> str | None:
+    """The ``params_sha256`` of the finished run's summary, the last line of
+    ``<workdir>/metrics.jsonl`` that holds one (``None``: no such line, or no file)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    recorded = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if '"params_sha256"' not in line:
+                continue
+            try:
+                value = json.loads(line)["params_sha256"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            if isinstance(value, str):
+                recorded = value
+    return recorded
+
+
 def history_note(workdir: str, history: list[dict[str, Any]], damaged: list[int],
                  start_steps: int) -> str | None:
     """The one line a resume reports about metrics.jsonl (``None``: nothing to say)."""
