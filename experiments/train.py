@@ -111,6 +111,11 @@ def check_flags(argv):
         from jaxrl_dist.run import writers
 
         writers.check_wandb(FLAGS.wandb_project)
+        if FLAGS.workdir is not None and not FLAGS.workdir.strip():
+            raise errors.ConfigError(
+                f"--workdir must name a directory, got {FLAGS.workdir!r} (leave the flag "
+                "out for runs/<env>-<agent>-<time>)"
+            )
         if FLAGS.resume and (FLAGS.overwrite or not FLAGS.workdir):
             raise errors.ConfigError(
                 "--resume needs the run's --workdir and cannot be combined with --overwrite"

@@ -79,6 +79,10 @@ def test_api_bad_input_is_a_config_error():
         jaxrl_dist.make_config("ppo", "CartPole-v1", lr=-1.0)
     with pytest.raises(errors.ConfigError, match="apex acts in Discrete"):
         jaxrl_dist.make_config("apex", "Pendulum-v1")
+    for sizes in [(64, "a"), (64, True), (64.0,), "64", (64, 0)]:
+        with pytest.raises(errors.ConfigError) as info:
+            jaxrl_dist.make_config("ppo", "CartPole-v1", hidden_sizes=sizes)
+        assert str(info.value) == f"--hidden_sizes must be positive integers, got {sizes!r}"
     config = jaxrl_dist.make_config("ppo", "CartPole-v1")
     with pytest.raises(errors.ConfigError, match="unknown setting.*actor_thread"):
         jaxrl_dist.train(config, actor_thread=2)

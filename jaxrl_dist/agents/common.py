@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import numbers
 from typing import ClassVar
 
 from jaxrl_dist import errors
@@ -90,9 +91,11 @@ class OnDeviceConfig:
         check_choice(self, "activation", ACTIVATIONS)
         check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "torso", TORSOS)
-        if any(h <= 0 for h in self.hidden_sizes) or not (
-            self.hidden_sizes or self.torso in PIXEL_TORSOS
-        ):
+        sizes = self.hidden_sizes
+        if not isinstance(sizes, (tuple, list)) or not all(
+            isinstance(h, numbers.Integral) and not isinstance(h, bool) and h > 0
+            for h in sizes
+        ) or not (sizes or self.torso in PIXEL_TORSOS):
             raise errors.ConfigError(
                 f"--hidden_sizes must be positive integers, got {self.hidden_sizes!r}"
             )

@@ -278,6 +278,7 @@ def fail(message: str) -> None:
 
 
 HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-?")
+HELPFULL_ARGS = ("--helpfull", "-helpfull")
 DEFAULTS_NOTE = (
     "Unset hyperparameter flags take per-agent, per-env defaults: see them with "
     "--agent=A --env=E --print_config (train.py). Every flag: --helpfull."
@@ -286,11 +287,13 @@ DEFAULTS_NOTE = (
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flags parser whose errors are one line and exit code 2; ``--help`` prints the
-    main module's doc and flags (and where defaults are) and exits 0."""
-    if any(arg in HELP_ARGS for arg in argv[1:]):
+    main module's doc and flags (and where defaults are), ``--helpfull`` every module's
+    flags too; both exit 0."""
+    full = any(arg in HELPFULL_ARGS for arg in argv[1:])
+    if full or any(arg in HELP_ARGS for arg in argv[1:]):
         from absl import app
 
-        app.usage(shorthelp=True, writeto_stdout=True)
+        app.usage(shorthelp=not full, writeto_stdout=True)
         print(f"\n{DEFAULTS_NOTE}")
         sys.exit(0)
     try:

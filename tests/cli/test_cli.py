@@ -57,6 +57,8 @@ def read_tensorboard_scalars(directory):
 
 
 BAD_INPUTS = [
+    (["--workdir="], "--workdir must name a directory, got '' (leave the flag out for "
+                     "runs/<env>-<agent>-<time>)"),
     (["--env=CartPole-v9"], "--env must be a gymnax id"),
     (["--agent=sac"], "--agent must be one of ppo, impala, a2c"),
     (["--env=gymnasium:CartPole-v1", "--ray_actors=-1"], "--ray_actors must be an integer >= 0"),

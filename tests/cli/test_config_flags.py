@@ -1,4 +1,5 @@
-"""Every config field is a flag; --print_config; --config re-runs a finished run; --help."""
+"""Every config field is a flag; --print_config; --config re-runs a finished run; --help,
+--helpfull."""
 
 import dataclasses
 import json
@@ -78,6 +79,11 @@ def test_help_exits_0_and_lists_the_flags_that_matter():
                  "--hidden_sizes", "--config", "--print_config", "--ray_actors"):
         assert flag in result.stdout, flag
     assert "--print_config" in result.stdout.splitlines()[-1]
+    full = subprocess.run([sys.executable, TRAIN, "--helpfull"], capture_output=True,
+                          text=True, timeout=120)
+    assert full.returncode == 0 and full.stderr == "", full.stderr
+    assert "--agent" in full.stdout and "absl.flags" in full.stdout  # every module's flags
+    assert len(full.stdout.splitlines()) > len(result.stdout.splitlines())
 
 
 def test_config_json_reproduces_the_run(background):
