@@ -93,22 +93,32 @@ def gb(nbytes: float) -> str:
 
 
 def check(parts: list[Part], device: jax.Device, values: dict[str, Any]) -> int:
-    """Raises ConfigError (one line naming the flag behind the largest part) when
-    ``parts`` need more than ``USABLE_FRACTION`` of ``device``'s free memory; returns
-    the bytes needed per device.
+    """Raises ConfigError (one line naming ``--num_seeds`` if one seed's share would fit,
+    else the flag behind the largest part) when ``parts`` need more than
+    ``USABLE_FRACTION`` of ``device``'s free memory; returns the bytes needed per device.
+    Every part of an on-device run grows with its seeds: one seed needs
+    ``1 / num_seeds`` of the total.
 
     Args:
       parts: the run's memory per device.
       device: one of the run's devices (all alike).
-      values: flag name (``"--policy_lag"``) -> its value, for the message.
+      values: flag name (``"--policy_lag"``) -> its value, for the message;
+        ``"--num_seeds"``: the run's vmapped seeds (absent or 1: one).
     """
     needed = sum(p.nbytes for p in parts)
     free, where = free_bytes(device)
     if needed <= USABLE_FRACTION * free:
         return needed
-    largest = max(parts, key=lambda p: p.nbytes)
     detail = ", ".join(f"{p.what} {gb(p.nbytes)}"
                        for p in sorted(parts, key=lambda p: -p.nbytes) if p.nbytes)
+    seeds = values.get("--num_seeds") or 1
+    if seeds > 1 and needed / seeds <= USABLE_FRACTION * free:  # one seed would fit
+        raise errors.ConfigError(
+            f"--num_seeds={seeds} needs about {gb(needed)} per device ({detail}; one seed "
+            f"{gb(needed / seeds)}), more than the {gb(free)} free in {where}; lower "
+            "--num_seeds"
+        )
+    largest = max(parts, key=lambda p: p.nbytes)
     value = values.get(largest.flag)
     setting = f"{largest.flag}={value}" if value is not None else largest.flag
     raise errors.ConfigError(

@@ -67,6 +67,13 @@ def test_check_names_the_flag_of_the_largest_part():
     assert "\n" not in message
     assert message.startswith("--policy_lag=123 needs about ") and "lower --policy_lag" in message
     assert memory.check(parts[:1], device, {}) == free // 4
+    # The same total over 100000 seeds, one seed's share fits: --num_seeds is named.
+    with pytest.raises(errors.ConfigError) as info:
+        memory.check(parts, device, {"--policy_lag": 123, "--num_seeds": 100000})
+    assert str(info.value).startswith("--num_seeds=100000 needs about ")
+    assert str(info.value).endswith("; lower --num_seeds") and "; one seed " in str(info.value)
+    with pytest.raises(errors.ConfigError, match="^--policy_lag=123 needs about "):
+        memory.check(parts, device, {"--policy_lag": 123, "--num_seeds": 2})  # 2 x too big
 
 
 @pytest.mark.parametrize("flags,named", [
