@@ -272,8 +272,6 @@ def main(argv):
     primary = distributed.is_primary()
     if primary:
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-        if note := cli.rounding_note(config):
-            print(note, flush=True)
     progress = lambda s: print(s, flush=True)
     try:
         api.train(config, workdir=workdir, log=progress, **train_settings(host))

@@ -168,7 +168,8 @@ def train(config, *, workdir: str | None = None, progress_fn: ProgressFn | None 
         nothing is written).
       progress_fn: ``(env_steps, metrics)`` at every log point (default: a console line
         through ``log`` every 2 s).
-      log: receives one-line messages.
+      log: receives one-line messages (the first, where ``total_steps`` is not a whole
+        number of updates: the env steps the run takes, ``common.rounding_note``).
       **settings: ``run.settings.RunSettings`` fields (``seed``, ``num_seeds``,
         ``eval_episodes``, ``checkpoint_every``, ``resume``, ...) and, for host actors,
         ``host_training.HostSettings`` fields (``actor_threads``, ``envs_per_thread``,
@@ -189,6 +190,11 @@ def train(config, *, workdir: str | None = None, progress_fn: ProgressFn | None 
     from jaxrl_dist.sebulba import training as host_training
 
     run, layout = _check(config, workdir, settings)
+    from jaxrl_dist import distributed
+    from jaxrl_dist.agents import common
+
+    if (note := common.rounding_note(config)) and distributed.is_primary():
+        log(note)
     if layout is None:
         summary = training.train(config, run, workdir, log, progress_fn)
     else:

@@ -16,12 +16,14 @@ QUIET = dict(eval_episodes=4, log_points=4, progress_every_s=1e9)
 
 
 def test_on_device_with_a_progress_callback():
-    config = jaxrl_dist.make_config("ppo", "CartPole-v1", total_steps=2048, num_envs=8,
+    config = jaxrl_dist.make_config("ppo", "CartPole-v1", total_steps=2100, num_envs=8,
                                     rollout_len=32)
-    calls = []
-    result = jaxrl_dist.train(config, num_devices=1, log=lambda s: None,
+    calls, lines = [], []
+    result = jaxrl_dist.train(config, num_devices=1, log=lines.append,
                               progress_fn=lambda steps, metrics: calls.append((steps, metrics)),
                               **QUIET)
+    assert lines[0] == ("total_steps=2100 is rounded down to 2048 env steps per seed "
+                        "(8 updates of 256)")  # as the command line says it
     assert [steps for steps, _ in calls] == [512, 1024, 1536, 2048]
     assert all("train/episode_return" in metrics for _, metrics in calls)
     assert result.workdir is None and len(result.history) == 4

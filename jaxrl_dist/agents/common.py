@@ -112,6 +112,18 @@ class OnDeviceConfig:
         return self
 
 
+def rounding_note(config) -> str | None:
+    """One line when ``config.total_steps`` (env steps per seed) is not a whole number
+    of updates, naming the env steps the run will take (rounded down); else ``None``."""
+    steps = config.num_updates * config.steps_per_update
+    if steps == config.total_steps:
+        return None
+    return (
+        f"total_steps={config.total_steps} is rounded down to {steps} env steps per seed "
+        f"({config.num_updates} updates of {config.steps_per_update})"
+    )
+
+
 def check_torso_fits(torso: str, obs_shape: tuple[int, ...], env: str) -> None:
     """Raises ConfigError unless ``--torso=torso`` takes ``env``'s observations of
     ``obs_shape``: ``cnn``/``nature``/``impala`` need images ``[H, W, C]``, and

@@ -228,18 +228,6 @@ def config_overrides() -> dict:
     }
 
 
-def rounding_note(config) -> str | None:
-    """One line when ``config.total_steps`` (env steps per seed) is not a whole number
-    of updates, naming the env steps the run will take (rounded down); else ``None``."""
-    steps = config.num_updates * config.steps_per_update
-    if steps == config.total_steps:
-        return None
-    return (
-        f"total_steps={config.total_steps} is rounded down to {steps} env steps per seed "
-        f"({config.num_updates} updates of {config.steps_per_update})"
-    )
-
-
 def configure_cpu_threads(multi_process: bool = False) -> int | None:
     """Sizes XLA's CPU intra-op pool from ``--cpu_threads`` or the run's config.
 

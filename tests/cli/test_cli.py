@@ -373,14 +373,15 @@ def test_every_integer_flag_of_the_scripts_takes_scientific_notation():
 
 
 def test_rounding_note_names_the_env_steps_the_run_takes():
-    from jaxrl_dist import agents, cli
+    from jaxrl_dist import agents
+    from jaxrl_dist.agents import common
 
     config = agents.default_config("ppo", "CartPole-v1", total_steps=500_000, num_envs=8,
                                    rollout_len=64)
-    assert cli.rounding_note(config) == (
+    assert common.rounding_note(config) == (
         "total_steps=500000 is rounded down to 499712 env steps per seed "
         "(976 updates of 512)")
-    assert cli.rounding_note(agents.default_config("ppo", "CartPole-v1", total_steps=512 * 3,
+    assert common.rounding_note(agents.default_config("ppo", "CartPole-v1", total_steps=512 * 3,
                                                    num_envs=8, rollout_len=64)) is None
 
 
