@@ -20,7 +20,7 @@ each state acted on, identical consecutive frames merged into one shown as long)
 
 --video_dir=DIR: a Gymnasium env records its first --video_episodes episodes as MP4
 files (``gymnasium.wrappers.RecordVideo``; needs moviepy, and the env's renderer: pygame
-for classic control, ``pip install "gymnasium[classic-control]" moviepy``); a gymnax env
+for classic control: the project's video extra, ``pip install -e ".[video]"``); a gymnax env
 that gymnax can draw (classic control, MinAtar, Catch, ...) writes them as animated GIF
 files (classic control drawn by Gymnasium's renderer, the others by gymnax's matplotlib
 ``Visualizer``); any other env prints a one-line note and writes none.
@@ -59,7 +59,7 @@ GYMNAX_DRAWABLE = (
     "MetaMaze-misc", "FourRooms-misc",
 )
 GYMNAX_NEEDS_PYGAME = GYMNAX_DRAWABLE[:5]
-PYGAME_HINT = 'pip install "gymnasium[classic-control]"'
+VIDEO_HINT = 'pip install -e ".[video]"'
 
 
 class Video(NamedTuple):
@@ -118,7 +118,7 @@ def video_plan(pi) -> tuple[Video | None, str | None]:
         except ImportError:
             raise errors.ConfigError(
                 "--video_dir needs moviepy to write videos of Gymnasium envs "
-                '(pip install moviepy "gymnasium[classic-control]")'
+                f"(the video extra: {VIDEO_HINT})"
             ) from None
         probe = gymnasium_env.make_single(gymnasium_env.gymnasium_id(env))
         modes = list(probe.metadata.get("render_modes", []))
@@ -129,7 +129,8 @@ def video_plan(pi) -> tuple[Video | None, str | None]:
     elif env not in GYMNAX_DRAWABLE:
         return None, f"note: gymnax cannot draw {env}; no video written"
     elif env in GYMNAX_NEEDS_PYGAME and not _has_module("pygame"):
-        raise errors.ConfigError(f"--video_dir: drawing {env} needs pygame ({PYGAME_HINT})")
+        raise errors.ConfigError(
+            f"--video_dir: drawing {env} needs pygame (the video extra: {VIDEO_HINT})")
     try:
         os.makedirs(FLAGS.video_dir, exist_ok=True)
     except OSError as e:

@@ -57,7 +57,8 @@ def background_runs(items, tmp_path_factory):
     if names & {"test_evaluate_bad_input_is_one_line_exit_2", "test_gymnax_gif_per_episode",
                 "test_ppo_policy_picks_its_seed_and_acts_as_documented",
                 "test_checkpoint_of_another_config_is_refused",
-                "test_a_changed_final_checkpoint_is_refused_by_load_policy_and_evaluate"}:
+                "test_a_changed_final_checkpoint_is_refused_by_load_policy_and_evaluate",
+                "test_a_missing_video_package_names_the_project_s_extra"}:
         jobs.append(script_job(
             "policy/train_seeds", TRAIN, f"--workdir={seeds}", "--num_seeds=2",
             "--total_steps=4096", "--num_envs=8", "--rollout_len=64", "--eval_episodes=2",
@@ -274,6 +275,23 @@ def test_a_changed_final_checkpoint_is_refused_by_load_policy_and_evaluate(backg
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: " + expected), result.stderr
     assert result.stdout == ""
+
+
+def test_a_missing_video_package_names_the_project_s_extra(background, tmp_path):
+    """README's Quickstart watch command on an install without pygame: one line naming
+    ``.[video]``, exit 2, no folder made."""
+    workdir = background.job("policy/train_seeds")["workdir"]
+    finished(background, "policy/train_seeds")
+    video = tmp_path / "videos"
+    without_pygame = ("import runpy, sys; sys.modules['pygame'] = None; "
+                      "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = run_script("-c", without_pygame, EVALUATE, f"--workdir={workdir}",
+                        f"--video_dir={video}", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        'error: --video_dir: drawing CartPole-v1 needs pygame (the video extra: '
+        'pip install -e ".[video]")']
+    assert not video.exists()
 
 
 def test_gymnax_gif_per_episode(background):
