@@ -143,7 +143,7 @@ def print_config(config, host) -> None:
 
 
 def check_run():
-    """``(config, host settings, workdir, leftovers)`` after the checks that need the
+    """``(config, host settings, workdir, leftovers, created)`` after the checks that need the
     joined processes; every process stops with the first one's error (exit 2)."""
     from jaxrl_dist.run import files, shared_dir
 
@@ -165,13 +165,14 @@ def check_run():
         # What a run that stopped before its first update left: replaced, as said.
         leftovers = not FLAGS.resume and not FLAGS.overwrite and any(
             os.path.exists(os.path.join(workdir, name)) for name in OUTPUTS)
+        created = not os.path.exists(workdir)  # by this run: removed if refused while empty
         check_workdir_writable(workdir)
         # One directory for every process: orbax's saves wait for all of them there.
         shared_dir.check(workdir)
     except errors.ConfigError as e:
         shared_dir.report_failure(str(e))  # the other processes stop with it too
         cli.fail(str(e))
-    return config, host, workdir, leftovers
+    return config, host, workdir, leftovers, created
 
 
 def clear_workdir(workdir: str, leftovers: bool) -> None:
@@ -195,6 +196,14 @@ def clear_workdir(workdir: str, leftovers: bool) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("workdir cleared")
+
+
+def remove_if_empty(workdir: str) -> None:
+    """Removes ``workdir`` if it holds nothing (a directory this run made and left)."""
+    import contextlib
+
+    with contextlib.suppress(OSError):  # not empty (or gone): kept as it is
+        os.rmdir(workdir)
 
 
 def train_settings(host) -> dict:
@@ -264,7 +273,7 @@ def main(argv):
     # --startup_timeout_s: then one line, exit 1).
     distributed.initialize(dist)
     sigterm.handle()  # back from JAX's preemption notifier
-    config, host, workdir, leftovers = check_run()
+    config, host, workdir, leftovers, created = check_run()
     from jaxrl_dist import tuning
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
@@ -276,6 +285,8 @@ def main(argv):
     try:
         api.train(config, workdir=workdir, log=progress, **train_settings(host))
     except errors.ConfigError as e:
+        if created and primary:  # refused before anything was written (the memory check)
+            remove_if_empty(workdir)
         cli.fail(str(e))
     except errors.NonFiniteError as e:
         sys.stderr.write(f"error: {e}\n")
