@@ -37,13 +37,16 @@ def is_atari(env_id: str) -> bool:
 
 
 def register() -> None:
-    """Registers ale-py's ``ALE/*`` ids with Gymnasium (they ship with ale-py).
+    """Registers ale-py's ``ALE/*`` ids with Gymnasium (they ship with ale-py), with
+    ALE's logging at its Error level (its banner and notes are not printed).
 
     Raises:
       ModuleNotFoundError: ale-py is not installed (``pip install -e ".[atari]"``).
     """
     import ale_py
 
+    # ALE's own log at its Error level: no version banner on stderr before a run's lines.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     gymnasium.register_envs(ale_py)
 
 

@@ -145,6 +145,17 @@ def test_bad_atari_ids_are_one_line_errors():
         envpool_env.check("envpool:CartPole-v1")
 
 
+def test_a_bad_flag_on_an_atari_game_is_one_line_without_ales_banner(tmp_path):
+    from tests.cli.test_cli import TRAIN, run_script
+
+    result = run_script(TRAIN, "--env=gymnasium:ALE/Pong-v5", "--num_envs=3",
+                        f"--workdir={tmp_path / 'run'}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --num_envs does not apply to host actors (--env=gymnasium:ALE/Pong-v5); "
+        "set --actor_threads and --envs_per_thread"], result.stderr
+
+
 PONG_TEST = "test_a_short_ppo_run_on_pong_with_the_nature_torso_through_train_py"
 
 
