@@ -67,9 +67,6 @@ flags.DEFINE_bool(
 flags.adopt_module_key_flags(cli)  # --help lists them
 FLAGS = flags.FLAGS
 
-OUTPUTS = ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint", "checkpoints",
-           "tensorboard")
-
 
 def check_workdir_writable(workdir: str) -> None:
     """Creates ``workdir`` (and its parents) if needed; ConfigError if that fails or it
@@ -116,10 +113,10 @@ def check_flags(argv):
                 f"--workdir must name a directory, got {FLAGS.workdir!r} (leave the flag "
                 "out for runs/<env>-<agent>-<time>)"
             )
-        if FLAGS.resume and (FLAGS.overwrite or not FLAGS.workdir):
-            raise errors.ConfigError(
-                "--resume needs the run's --workdir and cannot be combined with --overwrite"
-            )
+        if FLAGS.resume and not FLAGS.workdir:
+            from jaxrl_dist.run import settings
+
+            raise errors.ConfigError(settings.RESUME_NEEDS_WORKDIR)
         # Before anything creates the JAX backend, which fixes its thread pool.
         cli.configure_cpu_threads(dist.multi_process)
     except errors.ConfigError as e:
@@ -143,9 +140,9 @@ def print_config(config, host) -> None:
 
 
 def check_run():
-    """``(config, host settings, workdir, leftovers, created)`` after the checks that need the
+    """``(config, host settings, workdir, created)`` after the checks that need the
     joined processes; every process stops with the first one's error (exit 2)."""
-    from jaxrl_dist.run import files, shared_dir
+    from jaxrl_dist.run import shared_dir
 
     try:
         config = cli.config_from_flags()
@@ -157,14 +154,6 @@ def check_run():
         )
         # The API's checks (the resume check among them), before the workdir is touched.
         api.check(config, workdir=workdir, **train_settings(host))
-        if not FLAGS.resume and files.holds_run(workdir) and not FLAGS.overwrite:
-            raise errors.ConfigError(
-                f"--workdir={workdir} already holds a run (metrics.jsonl records or "
-                "checkpoints); choose a new --workdir, pass --overwrite, or --resume it"
-            )
-        # What a run that stopped before its first update left: replaced, as said.
-        leftovers = not FLAGS.resume and not FLAGS.overwrite and any(
-            os.path.exists(os.path.join(workdir, name)) for name in OUTPUTS)
         created = not os.path.exists(workdir)  # by this run: removed if refused while empty
         check_workdir_writable(workdir)
         # One directory for every process: orbax's saves wait for all of them there.
@@ -172,30 +161,7 @@ def check_run():
     except errors.ConfigError as e:
         shared_dir.report_failure(str(e))  # the other processes stop with it too
         cli.fail(str(e))
-    return config, host, workdir, leftovers, created
-
-
-def clear_workdir(workdir: str, leftovers: bool) -> None:
-    """Removes a previous run's outputs (``--overwrite``, or what a run that stopped
-    before its first update left); process 0 alone, the others wait."""
-    from jaxrl_dist import distributed
-
-    if leftovers and distributed.is_primary():
-        print(f"reusing --workdir={workdir}: the run there stopped before its first update",
-              flush=True)
-    if (FLAGS.overwrite or leftovers) and os.path.exists(workdir) and distributed.is_primary():
-        import shutil
-
-        for name in OUTPUTS:
-            path = os.path.join(workdir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    if distributed.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("workdir cleared")
+    return config, host, workdir, created
 
 
 def remove_if_empty(workdir: str) -> None:
@@ -227,6 +193,7 @@ def settings_from_flags():
         eval_every=FLAGS.eval_every,
         checkpoint_every=FLAGS.checkpoint_every,
         resume=FLAGS.resume,
+        overwrite=FLAGS.overwrite,
         wandb_project=FLAGS.wandb_project,
         chunk_compile=FLAGS.chunk_compile,
     )
@@ -273,11 +240,10 @@ def main(argv):
     # --startup_timeout_s: then one line, exit 1).
     distributed.initialize(dist)
     sigterm.handle()  # back from JAX's preemption notifier
-    config, host, workdir, leftovers, created = check_run()
+    config, host, workdir, created = check_run()
     from jaxrl_dist import tuning
 
     cli.enable_compilation_cache(FLAGS.compilation_cache, "~/.cache/jaxrl_dist/xla")
-    clear_workdir(workdir, leftovers)
     primary = distributed.is_primary()
     if primary:
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)

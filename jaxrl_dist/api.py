@@ -11,6 +11,7 @@ and acting path), the configs' ``validate`` and ``run`` (settings, config.json).
 """
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -18,6 +19,10 @@ from jaxrl_dist import agents, errors
 from jaxrl_dist.run.progress import ProgressFn
 
 FACTORY_NAMESPACE = "jaxrl_dist"  # Gymnasium ids of env factories: jaxrl_dist/<name>-v0
+ALREADY_HOLDS_A_RUN = (
+    "--workdir={workdir} already holds a run (metrics.jsonl records or checkpoints); "
+    "choose a new --workdir, pass --overwrite, or --resume it"
+)
 
 
 class TrainResult(NamedTuple):
@@ -113,7 +118,7 @@ class _Checked(NamedTuple):
 
 def _check(config, workdir: str | None, settings: dict[str, Any]) -> _Checked:
     from jaxrl_dist.envs import gymnasium_env
-    from jaxrl_dist.run import config_file
+    from jaxrl_dist.run import config_file, files
     from jaxrl_dist.run.settings import RunSettings
     from jaxrl_dist.sebulba import training as host_training
 
@@ -139,7 +144,24 @@ def _check(config, workdir: str | None, settings: dict[str, Any]) -> _Checked:
                 config, layout.resolve(jax.local_device_count()), jax.process_count())
     if run.resume and workdir:
         config_file.check_resume(workdir, runs_as, run.seed, run.num_seeds)
+    elif workdir and not run.overwrite and files.holds_run(workdir):
+        raise errors.ConfigError(ALREADY_HOLDS_A_RUN.format(workdir=workdir))
     return _Checked(run, layout)
+
+
+def _prepare_workdir(workdir: str | None, run, log: Callable[[str], None]) -> None:
+    """Removes the outputs of the run in ``workdir`` with ``overwrite``, or of a run
+    that stopped before its first update (saying so); process 0 alone, the others wait."""
+    from jaxrl_dist import distributed
+    from jaxrl_dist.run import files
+
+    if not workdir or run.resume or not os.path.isdir(workdir):
+        return
+    if distributed.is_primary() and files.has_outputs(workdir):
+        if not run.overwrite:  # _check refused a run that got somewhere
+            log(f"reusing --workdir={workdir}: the run there stopped before its first update")
+        files.clear_outputs(workdir)
+    distributed.sync("workdir cleared")
 
 
 def check(config, *, workdir: str | None = None, **settings) -> None:
@@ -190,6 +212,7 @@ def train(config, *, workdir: str | None = None, progress_fn: ProgressFn | None 
     from jaxrl_dist.sebulba import training as host_training
 
     run, layout = _check(config, workdir, settings)
+    _prepare_workdir(workdir, run, log)
     from jaxrl_dist import distributed
     from jaxrl_dist.agents import common
 

@@ -197,6 +197,14 @@ def process_count() -> int:
     return jax.process_count()
 
 
+def sync(name: str) -> None:
+    """Waits until every process of a multi-process run reaches ``name`` (no-op alone)."""
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def check_same_everywhere(value: str, what: str) -> None:
     """Raises RuntimeError unless every process passes the same ``value`` (a collective:
     every process must call it). For invariants such as replicated parameters."""

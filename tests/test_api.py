@@ -45,6 +45,23 @@ def test_host_actors_with_a_progress_callback(tmp_path):
     with open(tmp_path / "metrics.jsonl") as f:
         assert json.loads(f.read().splitlines()[-1])["params_sha256"] == \
             result.summary["params_sha256"]
+    # The workdir holds a run now: refused as the command line refuses it, before
+    # anything is built; overwrite=True replaces it (one run's lines in metrics.jsonl).
+    first = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(errors.ConfigError) as info:
+        jaxrl_dist.train(config, workdir=str(tmp_path), actor_threads=1, envs_per_thread=8,
+                         learner_devices=(0,), deterministic=True, log=lambda s: None, **QUIET)
+    assert str(info.value) == (
+        f"--workdir={tmp_path} already holds a run (metrics.jsonl records or checkpoints); "
+        "choose a new --workdir, pass --overwrite, or --resume it")
+    assert (tmp_path / "metrics.jsonl").read_text() == first
+    with pytest.raises(errors.ConfigError, match="cannot be combined with --overwrite"):
+        jaxrl_dist.train(config, workdir=str(tmp_path), resume=True, overwrite=True)
+    again = jaxrl_dist.train(
+        config, workdir=str(tmp_path), actor_threads=1, envs_per_thread=8, overwrite=True,
+        learner_devices=(0,), deterministic=True, log=lambda s: None, **QUIET)
+    assert again.summary["params_sha256"] == result.summary["params_sha256"]
+    assert (tmp_path / "metrics.jsonl").read_text().count("params_sha256") == 1
 
 
 def test_a_custom_gymnax_env_object_learns():

@@ -73,6 +73,28 @@ def history_note(workdir: str, history: list[dict[str, Any]], damaged: list[int]
     return None
 
 
+# What a run writes into its workdir (``clear_outputs`` removes them).
+OUTPUTS = ("metrics.jsonl", "config.json", "learning_curve.png", "checkpoint", "checkpoints",
+           "tensorboard")
+
+
+def has_outputs(workdir: str) -> bool:
+    """Whether ``workdir`` holds any of a run's ``OUTPUTS``."""
+    return any(os.path.exists(os.path.join(workdir, name)) for name in OUTPUTS)
+
+
+def clear_outputs(workdir: str) -> None:
+    """Removes a run's ``OUTPUTS`` from ``workdir`` (anything else there stays)."""
+    import shutil
+
+    for name in OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
 def holds_run(workdir: str) -> bool:
     """Whether ``workdir`` holds a run that got somewhere: a metrics.jsonl record or a
     whole-run checkpoint. A run that stopped before its first update leaves neither

@@ -9,6 +9,10 @@ from jaxrl_dist import errors
 # blocks the run, and this is a few seconds of training even on a small CPU, which is
 # all a crash can then lose (docs/benchmarks/cpu_tuning.md).
 MIN_DEFAULT_CHECKPOINT_STEPS = 500_000
+# ``resume`` continues the run in a given workdir; ``overwrite`` replaces one.
+RESUME_NEEDS_WORKDIR = (
+    "--resume needs the run's --workdir and cannot be combined with --overwrite"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +28,9 @@ class RunSettings:
     ``<workdir>/checkpoints/`` (``None``: about every tenth of the run, but at least
     ``MIN_DEFAULT_CHECKPOINT_STEPS`` env steps apart); one is also written at the end
     and, on device, when the run is interrupted. ``resume``: continue from the latest
-    checkpoint in the workdir. ``wandb_project``: also log to Weights & Biases.
+    checkpoint in the workdir. ``overwrite``: a workdir that already holds a run has its
+    outputs removed first (without it such a workdir is refused). ``wandb_project``:
+    also log to Weights & Biases.
     ``chunk_compile``: CPU only, how the on-device training chunk compiles
     (``cpu.compile_options.CHUNK_TIERS``); not part of the run's identity.
     ``eval_every``: env steps per seed between greedy evaluations during training
@@ -41,6 +47,7 @@ class RunSettings:
     progress_every_s: float = 2.0
     checkpoint_every: int | None = None
     resume: bool = False
+    overwrite: bool = False
     wandb_project: str | None = None
     chunk_compile: str = "auto"
     eval_every: int = 0
@@ -49,9 +56,11 @@ class RunSettings:
         """Returns self.
 
         Raises:
-          ConfigError: ``checkpoint_every`` < 1, or ``eval_every`` not an integer >= 0
-            (one line naming the flag).
+          ConfigError: ``checkpoint_every`` < 1, ``eval_every`` not an integer >= 0, or
+            both ``resume`` and ``overwrite`` (one line naming the flag).
         """
+        if self.resume and self.overwrite:
+            raise errors.ConfigError(RESUME_NEEDS_WORKDIR)
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise errors.ConfigError(
                 f"--checkpoint_every must be >= 1 update, got {self.checkpoint_every}"
