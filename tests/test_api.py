@@ -80,13 +80,22 @@ def test_a_custom_gymnasium_env_by_module_id_learns():
     assert result.summary["eval/episode_return"] >= 0.9
 
 
-def test_a_gymnasium_env_factory_runs_with_threads():
+def test_a_gymnasium_env_factory_runs_with_threads(tmp_path):
     config = jaxrl_dist.make_config("a2c", custom_envs.GoRight, total_steps=1024,
                                     rollout_len=16)
     assert config.env == "gymnasium:jaxrl_dist/GoRight-v0"
     result = jaxrl_dist.train(config, actor_threads=1, envs_per_thread=4,
                               learner_devices=(0,), log=lambda s: None, **QUIET)
     assert result.summary["env_steps"] == 1024
+    # A lambda (which does not pickle) with checkpoints: the actors' env state is not
+    # captured (a resume starts their envs afresh), the run goes on.
+    config = jaxrl_dist.make_config("a2c", lambda: custom_envs.GoRight(), total_steps=1024,
+                                    rollout_len=16)
+    result = jaxrl_dist.train(config, workdir=str(tmp_path), actor_threads=1,
+                              envs_per_thread=4, learner_devices=(0,), checkpoint_every=8,
+                              log=lambda s: None, **QUIET)
+    assert result.summary["env_steps"] == 1024
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16", "8"]
     with pytest.raises(errors.ConfigError, match="register the env in a module"):
         jaxrl_dist.train(config, ray_actors=2, envs_per_thread=4, log=lambda s: None)
 

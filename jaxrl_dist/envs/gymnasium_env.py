@@ -456,14 +456,19 @@ class VectorEnv:
         pickle by re-construction (``gymnasium.utils.EzPickle``: MuJoCo, Box2D, Atari),
         whose pickles would silently hold a fresh env instead of this one. In
         ``SAME_STEP`` autoreset mode a ``SyncVectorEnv`` keeps no other state between
-        steps.
+        steps. ``None`` too for envs that do not pickle (an env made by a lambda or a
+        local function: threads never pickle it), from the first failed try on.
         """
-        if self.vectorization != "sync" or any(
+        if self.vectorization != "sync" or getattr(self, "_unpicklable", False) or any(
             isinstance(e.unwrapped, EzPickle) for e in self._env.envs
         ):
             return None
-        return pickle.dumps((self._env.envs, self.obs, self._returns, self._lengths,
-                             self._finished))
+        try:
+            return pickle.dumps((self._env.envs, self.obs, self._returns, self._lengths,
+                                 self._finished))
+        except (pickle.PicklingError, AttributeError, TypeError):
+            self._unpicklable = True
+            return None
 
     def set_state(self, state: bytes) -> None:
         """Restores a state from :meth:`get_state` of a vector env made with the same id,
