@@ -194,10 +194,11 @@ def test_env_module_and_module_id_on_the_command_line():
     import subprocess
     import sys
 
-    env = dict(script_env(1), PYTHONPATH=os.path.join(ROOT, "tests"))
+    env = script_env(1)  # custom_envs.py from the current directory, as python -m finds it
+    here = os.path.join(ROOT, "tests")
     by_module = subprocess.run(
         [sys.executable, TRAIN, "--env_module=custom_envs", "--env=gymnasium:GoRight-v0",
-         "--print_config"], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+         "--print_config"], capture_output=True, text=True, env=env, timeout=120, cwd=here)
     assert by_module.returncode == 0, by_module.stderr
     note, *rest = by_module.stdout.splitlines()
     assert note == ("--env_module=custom_envs registers GoRight-v0: the run uses "
@@ -205,7 +206,7 @@ def test_env_module_and_module_id_on_the_command_line():
     assert json.loads("\n".join(rest))["env"] == "gymnasium:custom_envs:GoRight-v0"
     by_id = subprocess.run(
         [sys.executable, TRAIN, "--env=gymnasium:custom_envs:GoRight-v0", "--print_config"],
-        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+        capture_output=True, text=True, env=env, timeout=120, cwd=here)
     assert by_id.returncode == 0 and json.loads(by_id.stdout)["env"].endswith("GoRight-v0")
 
 

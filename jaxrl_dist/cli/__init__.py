@@ -276,7 +276,11 @@ DEFAULTS_NOTE = (
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flags parser whose errors are one line and exit code 2; ``--help`` prints the
     main module's doc and flags (and where defaults are), ``--helpfull`` every module's
-    flags too; both exit 0."""
+    flags too; both exit 0. The current directory goes first on ``sys.path``, as
+    ``python -m`` puts it: ``--env_module=my_envs`` and ``gymnasium:my_envs:<id>`` import
+    ``my_envs.py`` from where the script is run."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     full = any(arg in HELPFULL_ARGS for arg in argv[1:])
     if full or any(arg in HELP_ARGS for arg in argv[1:]):
         from absl import app
