@@ -208,14 +208,13 @@ def train(config, *, workdir: str | None = None, progress_fn: ProgressFn | None 
       NonFiniteError, ActorError, KeyboardInterrupt: as the command line's run stops
         (what finished is kept in ``workdir``).
     """
+    from jaxrl_dist import distributed
+    from jaxrl_dist.agents import common
     from jaxrl_dist.anakin import training
     from jaxrl_dist.sebulba import training as host_training
 
     run, layout = _check(config, workdir, settings)
     _prepare_workdir(workdir, run, log)
-    from jaxrl_dist import distributed
-    from jaxrl_dist.agents import common
-
     if (note := common.rounding_note(config)) and distributed.is_primary():
         log(note)
     if layout is None:

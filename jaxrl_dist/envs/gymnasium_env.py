@@ -315,6 +315,7 @@ class VectorEnv:
         self.terminal_on_life_loss = terminal_on_life_loss
         self._env = None
         self._faults: list[Any] = [0, None]  # reset faults absorbed, the last (describe)
+        self._unpicklable = False  # get_state found the envs do not pickle: not tried again
         self._open(seed)
 
     def _open(self, seed: int) -> None:
@@ -459,7 +460,7 @@ class VectorEnv:
         steps. ``None`` too for envs that do not pickle (an env made by a lambda or a
         local function: threads never pickle it), from the first failed try on.
         """
-        if self.vectorization != "sync" or getattr(self, "_unpicklable", False) or any(
+        if self.vectorization != "sync" or self._unpicklable or any(
             isinstance(e.unwrapped, EzPickle) for e in self._env.envs
         ):
             return None
